@@ -1,0 +1,154 @@
+"""Child specifications: how a supervisor starts, restarts and stops one child, as plain data.
+
+A child spec answers four questions: *how do I start it* (``start(*args)``, an async function that
+starts a process linked to the caller and returns its pid), *when do I restart it* (``restart``),
+*how do I stop it* (``shutdown``), and *what is it* (``type``). Specs are frozen data; to change one,
+``dataclasses.replace(spec, restart=Restart.TRANSIENT)`` (Elixir's ``Supervisor.child_spec/2``).
+
+Restart values:
+
+- ``PERMANENT``: always restarted (the default).
+- ``TRANSIENT``: restarted only after an abnormal exit (not ``normal``, ``shutdown``,
+  ``{shutdown, _}``).
+- ``TEMPORARY``: never restarted; its spec is forgotten once it ends.
+
+Shutdown values: seconds to wait after sending ``shutdown`` before sending ``kill`` (default 5.0
+for workers), ``INFINITY`` (the default for supervisors), or ``BRUTAL_KILL`` (``kill`` at once:
+no ``terminate`` runs).
+
+The start function may raise :class:`StartIgnored` (OTP's ``ignore``) or :class:`StartError`.
+
+Example::
+
+    ChildSpec(id="repo", start=Repo.start_link, args=(dsn,), shutdown=10.0)
+    Counter.child_spec(0)        # what `use GenServer` generates
+
+Deviation: OTP seconds are integer milliseconds; here durations are float seconds. The
+``modules`` field (for hot code upgrade) does not exist.
+
+See also: Elixir ``Supervisor`` "Child specification", Erlang ``supervisor:child_spec()``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailman.supervisor._process import Pid
+
+__all__ = [
+    "BRUTAL_KILL",
+    "RESTARTING",
+    "BrutalKill",
+    "ChildCounts",
+    "ChildInfo",
+    "ChildSpec",
+    "ChildType",
+    "Restart",
+    "Restarting",
+    "StartFunction",
+]
+
+StartFunction = Callable[..., Awaitable[Pid]]
+
+
+class Restart(enum.Enum):
+    """When a child is restarted: ``permanent`` | ``transient`` | ``temporary``."""
+
+    PERMANENT = "permanent"
+    TRANSIENT = "transient"
+    TEMPORARY = "temporary"
+
+
+class ChildType(enum.Enum):
+    """``worker`` or ``supervisor``: decides the default shutdown and what ``count_children`` says."""
+
+    WORKER = "worker"
+    SUPERVISOR = "supervisor"
+
+
+class BrutalKill(enum.Enum):
+    """The ``brutal_kill`` shutdown value: kill at once, no cleanup."""
+
+    BRUTAL_KILL = "brutal_kill"
+
+
+BRUTAL_KILL = BrutalKill.BRUTAL_KILL
+DEFAULT_WORKER_SHUTDOWN = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChildSpec:
+    """How a supervisor starts, restarts and stops one child."""
+
+    id: Hashable
+    start: StartFunction
+    args: tuple[Any, ...] = ()
+    restart: Restart = Restart.PERMANENT
+    shutdown: float | BrutalKill = field(default=-1.0)
+    type: ChildType = ChildType.WORKER
+    significant: bool = False
+
+    def __post_init__(self) -> None:
+        if not callable(self.start):
+            raise TypeError(f"expected start to be an async function, got {self.start!r}")
+        if not isinstance(self.args, tuple):
+            raise TypeError(f"expected args to be a tuple, got {type(self.args).__name__}")
+        if not isinstance(self.restart, Restart):
+            raise TypeError(f"expected restart to be a Restart, got {self.restart!r}")
+        if not isinstance(self.type, ChildType):
+            raise TypeError(f"expected type to be a ChildType, got {self.type!r}")
+        try:
+            hash(self.id)
+        except TypeError:
+            raise TypeError(f"expected a hashable child id, got {self.id!r}") from None
+        if self.shutdown == -1.0:
+            default = math.inf if self.type is ChildType.SUPERVISOR else DEFAULT_WORKER_SHUTDOWN
+            object.__setattr__(self, "shutdown", default)
+        elif not isinstance(self.shutdown, BrutalKill):
+            if isinstance(self.shutdown, bool) or not isinstance(self.shutdown, int | float):
+                raise TypeError(
+                    f"expected shutdown to be seconds, INFINITY or BRUTAL_KILL, got {self.shutdown!r}"
+                )
+            if self.shutdown < 0 or math.isnan(self.shutdown):
+                raise ValueError(f"expected shutdown >= 0 seconds, got {self.shutdown}")
+        if self.significant and self.restart is Restart.PERMANENT:
+            raise ValueError(
+                "a significant child cannot be permanent (bad_combination): "
+                "use Restart.TRANSIENT or Restart.TEMPORARY"
+            )
+
+
+class Restarting(enum.Enum):
+    """The ``restarting`` marker ``which_children`` shows for a child in a failing restart loop."""
+
+    RESTARTING = "restarting"
+
+
+RESTARTING = Restarting.RESTARTING
+
+
+@dataclass(frozen=True, slots=True)
+class ChildInfo:
+    """One row of ``which_children``: ``{Id, Child, Type, Modules}``.
+
+    ``pid`` is the running child's pid, ``RESTARTING``, or None (``undefined``: not running).
+    ``id`` is None for a DynamicSupervisor's children, as in Elixir.
+    """
+
+    id: Hashable | None
+    pid: Pid | Restarting | None
+    type: ChildType
+
+
+@dataclass(frozen=True, slots=True)
+class ChildCounts:
+    """``count_children``: ``specs`` (all children), ``active`` (running), and by type."""
+
+    specs: int
+    active: int
+    supervisors: int
+    workers: int
