@@ -3,7 +3,7 @@
 Processes with pids, mailboxes, links and monitors; GenServer; Supervisor with one_for_one,
 one_for_all and rest_for_one; DynamicSupervisor; TaskSupervisor; Registry; PartitionSupervisor;
 and events for every start, exit, restart and intensity trip. Names follow Elixir, in Python's
-grammar. The library knows nothing of newsletters: it imports nothing from the rest of mailman.
+grammar. The library is domain-free: it imports nothing from the rest of mailman.
 
 Example, from a plain script::
 

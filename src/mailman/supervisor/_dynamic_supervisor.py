@@ -2,14 +2,14 @@
 
 Where a :class:`Supervisor` is given a fixed list of children, a DynamicSupervisor starts empty
 and gets children through :meth:`DynamicSupervisor.start_child`, typically one per job, session or
-connection: here, one per letter being sent. Its children have no order and no meaningful id;
+connection. Its children have no order and no meaningful id;
 they are addressed by pid, restarted one for one, and stopped all together at shutdown.
 
 Example::
 
-    await DynamicSupervisor.start_link(DynamicSupervisorSpec(max_children=100), name="letters")
-    pid = await DynamicSupervisor.start_child("letters", LetterWorker.child_spec(letter_id))
-    await DynamicSupervisor.terminate_child("letters", pid)
+    await DynamicSupervisor.start_link(DynamicSupervisorSpec(max_children=100), name="jobs")
+    pid = await DynamicSupervisor.start_child("jobs", JobRunner.child_spec(job_id))
+    await DynamicSupervisor.terminate_child("jobs", pid)
 
 Options (:class:`DynamicSupervisorSpec`):
 
@@ -93,32 +93,32 @@ class _DynamicChild:
         self.restarting = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _StartChild:
     spec: ChildSpec
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _TerminateChild:
     pid: Pid
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _WhichChildren:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _CountChildren:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _TryAgainRestart:
     pid: Pid
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Failed:
     error: Exception
 

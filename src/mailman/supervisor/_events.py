@@ -29,12 +29,15 @@ See also: Erlang/Elixir ``:telemetry`` (``attach/4``, ``execute/3``), SASL super
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
 
-__all__ = ["EventHandler", "EventName", "attach", "detach", "execute"]
+from mailman.supervisor._exit_reason import ExitReason
+
+__all__ = ["EventHandler", "EventName", "attach", "detach", "execute", "reset_logger"]
 
 EventName = tuple[str, ...]
 EventHandler = Callable[[EventName, Mapping[str, Any]], None]
@@ -74,10 +77,11 @@ def detach(handler_id: str) -> None:
 
 def execute(event: EventName, metadata: Mapping[str, Any]) -> None:
     """Emit ``event``: log it and call every attached handler."""
+    logger, debug_enabled = _bound_logger()
     if event in _ERROR_EVENTS:
-        _logger.error(".".join(event), **metadata)
-    else:
-        _logger.debug(".".join(event), **metadata)
+        logger.error(_joined(event), **_printable(metadata))
+    elif debug_enabled:
+        logger.debug(_joined(event), **_printable(metadata))
     handlers = _handlers.get(event)
     if not handlers:
         return
@@ -85,5 +89,40 @@ def execute(event: EventName, metadata: Mapping[str, Any]) -> None:
         try:
             handler(event, metadata)
         except Exception:
-            _logger.exception("event handler failed and was detached", handler_id=handler_id)
+            logger.exception("event handler failed and was detached", handler_id=handler_id)
             detach(handler_id)
+
+
+def _printable(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Exit reasons as Erlang writes them (``killed``, ``{shutdown, x}``) in log lines."""
+    return {k: str(v) if isinstance(v, ExitReason) else v for k, v in metadata.items()}
+
+
+_names: dict[EventName, str] = {}
+_bound: list[tuple[Any, bool]] = []
+
+
+def _joined(event: EventName) -> str:
+    name = _names.get(event)
+    if name is None:
+        name = _names[event] = ".".join(event)
+    return name
+
+
+def _bound_logger() -> tuple[Any, bool]:
+    """The library's logger, bound once, and whether it writes debug lines.
+
+    structlog's lazy proxy would re-bind on every event; like ``cache_logger_on_first_use``,
+    configure structlog before the first event. Call :func:`reset_logger` after reconfiguring.
+    """
+    if not _bound:
+        logger = _logger.bind()
+        is_enabled_for = getattr(logger, "is_enabled_for", None)
+        debug_enabled = True if is_enabled_for is None else bool(is_enabled_for(logging.DEBUG))
+        _bound.append((logger, debug_enabled))
+    return _bound[0]
+
+
+def reset_logger() -> None:
+    """Forget the bound logger so that the next event picks up a new structlog configuration."""
+    _bound.clear()

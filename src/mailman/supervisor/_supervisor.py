@@ -9,9 +9,9 @@ supervisor takes it from there.
 Example::
 
     children = [
-        Repo.child_spec(dsn),
-        Registry.child_spec(keys=Keys.UNIQUE, name="letters"),
-        Mailer.child_spec(smtp_url),
+        Database.child_spec(dsn),
+        Registry.child_spec(keys=Keys.UNIQUE, name="sessions"),
+        Cache.child_spec(size=1000),
     ]
     pid = await Supervisor.start_link(
         SupervisorSpec(children, strategy=Strategy.REST_FOR_ONE), name="app"
