@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mailman import __version__
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,8 +30,6 @@ def test_supervision_tree_example_runs_from_a_plain_script() -> None:
 
 def test_cli_version_prints_the_package_version() -> None:
     """`python -m mailman version` prints the installed version."""
-    from mailman import __version__
-
     result = subprocess.run(
         [sys.executable, "-m", "mailman", "version"], capture_output=True, text=True, check=True
     )

@@ -56,6 +56,8 @@ from mailman.supervisor._exceptions import (
     StartIgnored,
     StreamTimeoutError,
     SupervisionError,
+    TaskExitError,
+    TaskTimeoutError,
 )
 from mailman.supervisor._exit_reason import (
     KILL,
@@ -87,6 +89,7 @@ from mailman.supervisor._gen_server import (
     Stop,
 )
 from mailman.supervisor._names import Name, ServerRef, Via, ViaModule, register, unregister, whereis
+from mailman.supervisor._partition_supervisor import PartitionSupervisor
 from mailman.supervisor._process import (
     DownMessage,
     ExitMessage,
@@ -111,6 +114,7 @@ from mailman.supervisor._process import (
     trap_exit,
     unlink,
 )
+from mailman.supervisor._registry import Keys, RegisterMessage, Registry, UnregisterMessage
 from mailman.supervisor._restart_intensity import RestartIntensity
 from mailman.supervisor._supervisor import (
     AutoShutdown,
@@ -119,6 +123,9 @@ from mailman.supervisor._supervisor import (
     Supervisor,
     SupervisorSpec,
 )
+from mailman.supervisor._task import Exit, Ok, Task, TaskReply
+from mailman.supervisor._task_stream import OnTimeout, TaskStream
+from mailman.supervisor._task_supervisor import TaskSupervisor
 
 __all__ = [
     "BRUTAL_KILL",
@@ -155,6 +162,7 @@ __all__ = [
     "DynamicSupervisorSpec",
     "EventHandler",
     "EventName",
+    "Exit",
     "ExitMessage",
     "ExitReason",
     "FailedToStartChild",
@@ -162,6 +170,7 @@ __all__ = [
     "GenServer",
     "Ignore",
     "Init",
+    "Keys",
     "Kill",
     "Killed",
     "ManualClock",
@@ -173,9 +182,14 @@ __all__ = [
     "NoReply",
     "Normal",
     "NotAProcessError",
+    "Ok",
+    "OnTimeout",
+    "PartitionSupervisor",
     "Pid",
     "ProcessExit",
     "Ref",
+    "RegisterMessage",
+    "Registry",
     "Reply",
     "Restart",
     "RestartIntensity",
@@ -191,8 +205,15 @@ __all__ = [
     "SupervisionError",
     "Supervisor",
     "SupervisorSpec",
+    "Task",
+    "TaskExitError",
+    "TaskReply",
+    "TaskStream",
+    "TaskSupervisor",
+    "TaskTimeoutError",
     "Timeout",
     "TimerRef",
+    "UnregisterMessage",
     "Via",
     "ViaModule",
     "attach",

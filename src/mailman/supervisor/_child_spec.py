@@ -80,6 +80,19 @@ BRUTAL_KILL = BrutalKill.BRUTAL_KILL
 DEFAULT_WORKER_SHUTDOWN = 5.0
 
 
+class _DefaultShutdown:
+    """The ``shutdown`` left out: 5 s for a worker, infinity for a supervisor. A sentinel object
+    rather than a number, so that every number a caller passes (``-1`` included) is validated."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<default shutdown>"
+
+
+_DEFAULT_SHUTDOWN: Any = _DefaultShutdown()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChildSpec:
     """How a supervisor starts, restarts and stops one child."""
@@ -88,7 +101,7 @@ class ChildSpec:
     start: StartFunction
     args: tuple[Any, ...] = ()
     restart: Restart = Restart.PERMANENT
-    shutdown: float | BrutalKill = field(default=-1.0)
+    shutdown: float | BrutalKill = field(default=_DEFAULT_SHUTDOWN)
     type: ChildType = ChildType.WORKER
     significant: bool = False
 
@@ -105,7 +118,7 @@ class ChildSpec:
             hash(self.id)
         except TypeError:
             raise TypeError(f"expected a hashable child id, got {self.id!r}") from None
-        if self.shutdown == -1.0:
+        if self.shutdown is _DEFAULT_SHUTDOWN:
             default = math.inf if self.type is ChildType.SUPERVISOR else DEFAULT_WORKER_SHUTDOWN
             object.__setattr__(self, "shutdown", default)
         elif not isinstance(self.shutdown, BrutalKill):

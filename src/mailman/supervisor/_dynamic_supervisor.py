@@ -34,6 +34,7 @@ See also: Elixir ``DynamicSupervisor``, Erlang ``supervisor`` with ``simple_one_
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -167,6 +168,12 @@ class DynamicSupervisor:
         """
         if not isinstance(spec, ChildSpec):
             raise TypeError(f"expected a ChildSpec, got {spec!r}")
+        if spec.significant:
+            # Elixir's {:error, {:invalid_significant, true}}: there is no auto_shutdown here.
+            raise ValueError(
+                "a DynamicSupervisor child cannot be significant (invalid_significant): "
+                "use a Supervisor with auto_shutdown for significant children"
+            )
         result = await GenServer.call(supervisor, _StartChild(spec), INFINITY)
         if isinstance(result, _Failed):
             raise result.error
@@ -244,6 +251,7 @@ class _DynamicSupervisorServer(GenServer[_State]):
                 child = state.children.get(pid)
                 if child is None or not child.restarting:
                     return NoReply(state)
+                await asyncio.sleep(0)  # let callers in between retries (see Supervisor)
                 return await self._restart(state, pid, child)
         return await super().handle_info(message, state)
 

@@ -34,6 +34,8 @@ __all__ = [
     "StartIgnored",
     "StreamTimeoutError",
     "SupervisionError",
+    "TaskExitError",
+    "TaskTimeoutError",
 ]
 
 
@@ -178,4 +180,30 @@ class StreamTimeoutError(SupervisionError, TimeoutError):
 
     def __init__(self, timeout: float) -> None:
         super().__init__(f"a stream task did not finish within {timeout}s")
+        self.timeout = timeout
+
+
+class TaskExitError(SupervisionError):
+    """A task ended with ``reason`` instead of replying: what ``Task.await/2`` exits the caller with.
+
+    ``reason`` is the task's exit reason: :class:`Crash` if it raised, the reason it gave to
+    :class:`ProcessExit`, ``NOPROC`` if it was already gone and its outcome already taken.
+    """
+
+    def __init__(self, task: object, reason: ExitReason) -> None:
+        super().__init__(f"task {task!r} exited with {reason}")
+        self.task = task
+        self.reason = reason
+
+
+class TaskTimeoutError(SupervisionError, TimeoutError):
+    """A task did not reply within ``timeout`` seconds of ``await_result``.
+
+    Elixir exits the caller with ``{timeout, {Task, :await, [Task, Timeout]}}``; here the caller gets
+    this exception and the task, like an OTP task whose awaiting caller died, is left running.
+    """
+
+    def __init__(self, task: object, timeout: float) -> None:
+        super().__init__(f"task {task!r} did not reply within {timeout}s")
+        self.task = task
         self.timeout = timeout

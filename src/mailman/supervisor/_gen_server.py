@@ -263,7 +263,9 @@ class GenServer(Generic[S]):
         ack: asyncio.Future[Pid] = loop.create_future()
         parent = current_process()
         server = cls()
-        process = Process(parent)
+        # Only a linked starter is the parent whose exit signal means "terminate"; gen.erl makes a
+        # server started without a link its own parent, so the starter's EXIT goes to handle_info.
+        process = Process(parent if link else None)
         process.behaviour = server
         if link and parent is not None:
             process.links.add(parent)
@@ -417,7 +419,11 @@ class GenServer(Generic[S]):
         me = current_process()
         assert me is not None
         if name is not None:
-            holder = register_name(name, me)
+            try:
+                holder = register_name(name, me)
+            except Exception as exc:  # a via module refusing the name: a failed start, not a crash
+                self._fail_init(me, ack, StartError(Crash(exc)))
+                raise ProcessExit(Crash(exc)) from exc
             if holder is not None:
                 self._fail_init(me, ack, AlreadyStartedError(holder))
                 raise ProcessExit(NORMAL)
@@ -459,6 +465,7 @@ class GenServer(Generic[S]):
     async def _loop(self, me: Process, state: Any, continue_with: Any, timeout: float | None) -> None:
         parent = me.parent
         mailbox = me.mailbox
+        result: Any  # whatever a callback returned: checked by type below, as gen_server does
         while True:
             from_: From | None = None
             try:
@@ -481,7 +488,7 @@ class GenServer(Generic[S]):
                         result = await self.handle_cast(message.request, state)
                     elif kind is _SystemStop:
                         result = Stop(message.reason)
-                    elif kind is ExitMessage and parent is not None and message.pid == parent.pid:
+                    elif kind is ExitMessage and parent is not None and message.pid is parent.pid:
                         # The parent (our supervisor) tells us to go: terminate, then exit.
                         result = Stop(message.reason)
                     else:

@@ -129,7 +129,9 @@ class Ref:
         return f"#Ref<{self.id}>"
 
 
-@dataclass(frozen=True, slots=True)
+# Exit and DOWN messages are built for every process that ends: plain slotted dataclasses, since a
+# frozen one costs four times as much to build. Treat them as read-only.
+@dataclass(slots=True)
 class ExitMessage:
     """``{'EXIT', Pid, Reason}``: an exit signal, turned into a message because the receiver traps
     exits."""
@@ -138,7 +140,7 @@ class ExitMessage:
     reason: ExitReason
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DownMessage:
     """``{'DOWN', Ref, process, Pid, Reason}``: a monitored process ended (or never existed)."""
 
@@ -316,8 +318,15 @@ class Process:
         return self._exited
 
     def die(self, reason: ExitReason) -> None:
-        """End this process with ``reason`` at its next await (first reason wins)."""
-        if self.reason is not None or self._pending_exit is not None:
+        """End this process with ``reason`` at its next await (first reason wins).
+
+        Except ``killed``: a process still running cleanup after an earlier exit (a ``finally`` that
+        awaits) is cancelled again and ends ``killed``, as ``kill`` after a shutdown timeout must.
+        """
+        if self.reason is not None:
+            return
+        pending = self._pending_exit
+        if pending is not None and (reason != KILLED or pending == KILLED):
             return
         self._pending_exit = reason
         if self._running and self._task is not None:

@@ -65,6 +65,7 @@ See also: Elixir ``Supervisor``, Erlang ``supervisor(3)``.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import functools
 from collections.abc import Hashable, Sequence
@@ -389,6 +390,9 @@ class _SupervisorServer(GenServer[_State]):
                 child = state.by_id.get(child_id)
                 if child is None or not child.restarting:
                     return NoReply(state)
+                # Let other processes run before retrying: a start function that fails without
+                # awaiting would otherwise loop here and starve callers (OTP's scheduler preempts).
+                await asyncio.sleep(0)
                 return await self._restart(state, child)
         return await super().handle_info(message, state)
 

@@ -1,0 +1,448 @@
+"""TaskStream: run a function over an iterable, each item in its own supervised task, lazily.
+
+:meth:`TaskSupervisor.async_stream_nolink` returns a :class:`TaskStream`, an async iterator of one
+result per input: ``Ok(value)`` when the task returned, ``Exit(reason)`` when it did not. The input
+(sync or async iterable) is pulled only as results are taken: at most ``max_concurrency`` tasks run
+at once and at most that many results wait to be taken, so memory stays bounded however long the
+input is.
+
+Example::
+
+    async with TaskSupervisor.async_stream_nolink("tasks", urls, fetch, max_concurrency=10) as pages:
+        async for result in pages:
+            match result:
+                case Ok(page):
+                    ...
+                case Exit(reason):
+                    ...
+
+Options, as Elixir's:
+
+- ``ordered`` (True): results in input order, finished ones buffered until their turn; False gives
+  them in completion order.
+- ``timeout`` (5.0 seconds, or ``INFINITY``): how long *each* task may run, from its own start. A
+  task past it is always killed. Then ``on_timeout``: ``OnTimeout.EXIT`` (the default) makes the
+  iteration raise :class:`StreamTimeoutError` and kills the remaining tasks;
+  ``OnTimeout.KILL_TASK`` gives that item ``Exit(TIMEOUT)`` and goes on.
+- ``zip_input_on_exit`` (False): ``Exit((input, reason))`` instead of ``Exit(reason)``.
+- ``shutdown`` (5.0 or ``BRUTAL_KILL``): the tasks' shutdown when their supervisor stops.
+
+Leaving early (``break``, ``aclose()``, leaving ``async with``, an exception or a cancellation in
+the consumer) kills the remaining tasks with ``kill``; ``aclose`` and ``async with`` also wait until
+they are gone. If the supervisor is full (``max_children``), the stream closes cleanly and raises
+:class:`MaxChildrenError`.
+
+Deviations, and why:
+
+- No monitor process: Elixir's stream spawns one to watch the tasks and time them out; here each
+  task's exit hook and one event-loop timer per task do that work in the consumer's event loop, so a
+  stream costs no process and no asyncio task beyond its task processes. The results never pass
+  through a mailbox, so none can leak into the consumer's.
+- ``on_timeout=EXIT`` raises :class:`StreamTimeoutError` in the consumer instead of exiting it, after
+  the results that were due before the timeout have been taken.
+- A ``break`` cleans up when the iterator is garbage collected (at once in CPython, where it is
+  reference counted); ``async with`` or ``aclose()`` make that explicit and wait for the tasks.
+- A consumer that is cancelled or dies kills its stream's tasks, ``nolink`` ones too (Elixir lets
+  unlinked stream tasks finish): their results would have no reader.
+- The linked variant (:meth:`TaskSupervisor.async_stream`) links each task straight to the consumer
+  process: a task crash takes a consumer that does not trap exits down with it, and a consumer that
+  traps exits gets ``Exit(reason)`` and no ``ExitMessage``, as Elixir's monitor process arranges.
+
+See also: Elixir ``Task.Supervisor.async_stream_nolink/4``, ``Task.async_stream/3``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import math
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from mailman.supervisor._child_spec import BrutalKill, ChildSpec, Restart
+from mailman.supervisor._dynamic_supervisor import DynamicSupervisor
+from mailman.supervisor._exceptions import StartIgnored, StreamTimeoutError
+from mailman.supervisor._exit_reason import KILL, TIMEOUT, ExitReason
+from mailman.supervisor._names import ServerRef
+from mailman.supervisor._process import (
+    Pid,
+    Process,
+    current_process,
+    exit,  # noqa: A004 - Erlang's exit/2
+    link,
+    spawn_link,
+)
+from mailman.supervisor._task import Exit, Ok
+
+__all__ = ["OnTimeout", "TaskStream"]
+
+T = TypeVar("T")
+
+_NO_VALUE: Any = object()
+
+
+class OnTimeout(enum.Enum):
+    """What a stream does when a task runs past ``timeout``: ``:exit`` | ``:kill_task``."""
+
+    EXIT = "exit"
+    """Raise :class:`StreamTimeoutError` in the consumer and kill every remaining task."""
+    KILL_TASK = "kill_task"
+    """Kill that task only; its item gives ``Exit(TIMEOUT)``."""
+
+
+class _StreamTask:
+    """One item's task: where its value lands, and what the stream needs to kill it."""
+
+    __slots__ = ("core", "index", "input", "process", "timed_out", "timer", "value")
+
+    def __init__(self, core: _StreamCore, index: int, input_: Any) -> None:
+        self.core = core
+        self.index = index
+        self.input = input_
+        self.process: Process | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timed_out = False
+        self.value: Any = _NO_VALUE
+
+    def exited(self, _process: Process, reason: ExitReason) -> None:
+        self.core.task_exited(self, reason)
+
+
+async def _start_stream_task(task: _StreamTask, fn: Callable[[Any], Awaitable[Any]], item: Any) -> Pid:
+    """The ChildSpec start function: runs in the supervisor, so the task is linked to it."""
+    core = task.core
+    if core.closing:
+        raise StartIgnored  # the consumer left while this start was queued: start nothing
+    pid = spawn_link(_run_stream_task, task, fn, item)
+    process = pid._process
+    task.process = process
+    process.add_exit_hook(task, task.exited)
+    if core.timeout != math.inf:
+        task.timer = asyncio.get_running_loop().call_later(core.timeout, core.task_timed_out, task)
+    return pid
+
+
+async def _run_stream_task(task: _StreamTask, fn: Callable[[Any], Awaitable[Any]], item: Any) -> None:
+    owner = task.core.link_owner
+    if owner is not None:
+        link(owner.pid)
+    task.value = await fn(item)
+
+
+def _unlink(a: Process, b: Process) -> None:
+    a.links.discard(b)
+    b.links.discard(a)
+
+
+class _StreamCore:
+    """The stream's state. The tasks' exit hooks refer to it, never to the :class:`TaskStream`, so
+    that dropping the TaskStream (``break``) lets it be collected and kill the tasks."""
+
+    __slots__ = (
+        "all_gone",
+        "async_source",
+        "closed",
+        "closing",
+        "delivered",
+        "done",
+        "exhausted",
+        "fail_after",
+        "failure",
+        "fn",
+        "link",
+        "link_owner",
+        "max_concurrency",
+        "on_timeout",
+        "ordered",
+        "ready",
+        "running",
+        "shutdown",
+        "source",
+        "spawned",
+        "started",
+        "supervisor",
+        "timeout",
+        "waiter",
+        "zip_input",
+    )
+
+    def __init__(
+        self,
+        supervisor: ServerRef,
+        source: Iterator[Any] | AsyncIterator[Any],
+        fn: Callable[[Any], Awaitable[Any]],
+        *,
+        max_concurrency: int,
+        ordered: bool,
+        timeout: float,
+        on_timeout: OnTimeout,
+        zip_input: bool,
+        shutdown: float | BrutalKill,
+        link: bool,
+    ) -> None:
+        self.supervisor = supervisor
+        self.async_source = isinstance(source, AsyncIterator)
+        self.source = source
+        self.fn = fn
+        self.max_concurrency = max_concurrency
+        self.ordered = ordered
+        self.timeout = timeout
+        self.on_timeout = on_timeout
+        self.zip_input = zip_input
+        self.shutdown = shutdown
+        self.link = link
+        self.link_owner: Process | None = None
+        self.started = False
+        self.spawned = 0
+        self.delivered = 0
+        self.exhausted = False
+        self.running: dict[int, _StreamTask] = {}
+        self.done: dict[int, Ok[Any] | Exit] = {}  # ordered: finished, waiting for their turn
+        self.ready: deque[Ok[Any] | Exit] = deque()  # unordered: finished, in completion order
+        self.waiter: asyncio.Future[None] | None = None
+        self.failure: StreamTimeoutError | None = None
+        self.fail_after = 0
+        self.closing = False  # tasks killed, no more results accepted
+        self.closed = False  # iteration over
+        self.all_gone: asyncio.Future[None] | None = None
+
+    # ------------------------------------------------------------ the consumer's side
+
+    async def next(self) -> Ok[Any] | Exit:
+        if self.closed:
+            raise StopAsyncIteration
+        if not self.started:
+            self.started = True
+            if self.link:
+                self.link_owner = current_process()
+        try:
+            while True:
+                if self.failure is not None and self.delivered >= self.fail_after:
+                    raise self.failure
+                if self.closed:  # closed by someone else while this call waited
+                    raise StopAsyncIteration
+                if (
+                    not self.exhausted
+                    and not self.closing
+                    and self.spawned - self.delivered < self.max_concurrency
+                ):
+                    await self._spawn_next()
+                    continue
+                if self.ordered:
+                    result = self.done.pop(self.delivered, None)
+                else:
+                    result = self.ready.popleft() if self.ready else None
+                if result is not None:
+                    self.delivered += 1
+                    return result
+                if self.spawned == self.delivered and (self.exhausted or self.closing):
+                    self.closed = True
+                    raise StopAsyncIteration
+                waiter = self.waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await waiter
+                finally:
+                    self.waiter = None
+        except StopAsyncIteration:
+            raise
+        except Exception:
+            await self.close()
+            raise
+        except BaseException:
+            self.closed = True
+            self.kill_all()
+            raise
+
+    async def _spawn_next(self) -> None:
+        try:
+            if self.async_source:
+                item = await anext(self.source)  # type: ignore[arg-type]
+            else:
+                item = next(self.source)  # type: ignore[arg-type]
+        except (StopIteration, StopAsyncIteration):
+            self.exhausted = True
+            return
+        index = self.spawned
+        task = _StreamTask(self, index, item if self.zip_input else None)
+        self.running[index] = task  # before the start: the task may end before the reply comes back
+        self.spawned = index + 1
+        spec = ChildSpec(
+            id=None,
+            start=_start_stream_task,
+            args=(task, self.fn, item),
+            restart=Restart.TEMPORARY,
+            shutdown=self.shutdown,
+        )
+        try:
+            pid = await DynamicSupervisor.start_child(self.supervisor, spec)
+        except BaseException:
+            if task.process is None:  # never started (or its queued start will be ignored)
+                self.running.pop(index, None)
+                self.spawned = index
+            raise
+        if pid is None:  # ignored: the stream was closed meanwhile
+            self.running.pop(index, None)
+            self.spawned = index
+
+    async def close(self) -> None:
+        """Kill every task still running and wait until all are gone."""
+        self.closed = True
+        self.kill_all()
+        self.done.clear()
+        self.ready.clear()
+        if self.running:
+            if self.all_gone is None:
+                self.all_gone = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self.all_gone)
+
+    def kill_all(self) -> None:
+        self.closing = True
+        owner = self.link_owner
+        for index, task in list(self.running.items()):
+            process = task.process
+            if process is None:  # its start is still queued; it will be ignored
+                del self.running[index]
+                continue
+            if task.timer is not None:
+                task.timer.cancel()
+            if owner is not None:
+                _unlink(owner, process)  # the consumer must not die of the kill
+            exit(process.pid, KILL)
+        self._wake()
+
+    # ------------------------------------------------------------ the tasks' side (sync callbacks)
+
+    def task_exited(self, task: _StreamTask, reason: ExitReason) -> None:
+        """Exit hook of every task: turn its end into a result (it runs before links fire)."""
+        del self.running[task.index]
+        if task.timer is not None:
+            task.timer.cancel()
+        owner = self.link_owner
+        if owner is not None and owner.trap_exit and task.process is not None:
+            _unlink(owner, task.process)  # the result tells the consumer; no ExitMessage
+        if self.closing:
+            all_gone = self.all_gone
+            if not self.running and all_gone is not None and not all_gone.done():
+                all_gone.set_result(None)
+            return
+        if task.value is not _NO_VALUE:
+            result: Ok[Any] | Exit = Ok(task.value)
+        elif task.timed_out:
+            if self.on_timeout is OnTimeout.EXIT:
+                self._fail(StreamTimeoutError(self.timeout))
+                return
+            result = Exit((task.input, TIMEOUT) if self.zip_input else TIMEOUT)
+        else:
+            result = Exit((task.input, reason) if self.zip_input else reason)
+        if self.ordered:
+            self.done[task.index] = result
+        else:
+            self.ready.append(result)
+        self._wake()
+
+    def task_timed_out(self, task: _StreamTask) -> None:
+        """Timer callback: the task ran ``timeout`` seconds. Kill it, whatever ``on_timeout`` says."""
+        task.timer = None
+        process = task.process
+        if process is None or process.reason is not None or self.closing:
+            return
+        task.timed_out = True
+        owner = self.link_owner
+        if owner is not None:
+            _unlink(owner, process)
+        exit(process.pid, KILL)
+
+    def _fail(self, error: StreamTimeoutError) -> None:
+        # The results due before the timeout are still given; then the error.
+        due = self.delivered
+        if self.ordered:
+            while due in self.done:
+                due += 1
+        else:
+            due += len(self.ready)
+        self.failure = error
+        self.fail_after = due
+        self.kill_all()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class TaskStream(AsyncIterator[Ok[T] | Exit], Generic[T]):
+    """The async iterator :meth:`TaskSupervisor.async_stream_nolink` returns: one result per input.
+
+    Use it in ``async for``; ``aclose()`` (or ``async with``) stops it early, killing the tasks still
+    running and waiting until they are gone.
+    """
+
+    __slots__ = ("_core",)
+
+    def __init__(
+        self,
+        supervisor: ServerRef,
+        source: Iterable[Any] | AsyncIterable[Any],
+        fn: Callable[[Any], Awaitable[T]],
+        *,
+        max_concurrency: int,
+        ordered: bool,
+        timeout: float,
+        on_timeout: OnTimeout,
+        zip_input: bool,
+        shutdown: float | BrutalKill,
+        link: bool,
+    ) -> None:
+        iterator: Iterator[Any] | AsyncIterator[Any]
+        if isinstance(source, AsyncIterable):
+            iterator = aiter(source)
+        elif isinstance(source, Iterable):
+            iterator = iter(source)
+        else:
+            raise TypeError(f"expected an iterable or an async iterable, got {type(source).__name__}")
+        self._core = _StreamCore(
+            supervisor,
+            iterator,
+            fn,
+            max_concurrency=max_concurrency,
+            ordered=ordered,
+            timeout=timeout,
+            on_timeout=on_timeout,
+            zip_input=zip_input,
+            shutdown=shutdown,
+            link=link,
+        )
+
+    def __aiter__(self) -> TaskStream[T]:
+        return self
+
+    def __anext__(self) -> Awaitable[Ok[T] | Exit]:
+        return self._core.next()
+
+    async def aclose(self) -> None:
+        """Stop early: kill the tasks still running and wait until they are gone."""
+        core = self._core
+        if not core.closed or core.running:
+            await core.close()
+
+    async def __aenter__(self) -> TaskStream[T]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        core = self._core
+        if core.running and not core.closing:
+            core.closed = True
+            with contextlib.suppress(RuntimeError):  # "Event loop is closed": its tasks went with it
+                core.kill_all()
