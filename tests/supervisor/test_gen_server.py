@@ -121,6 +121,11 @@ class Raise:
 
 
 @dataclass(frozen=True)
+class SignalSelf:
+    reason: ExitReason
+
+
+@dataclass(frozen=True)
 class ReturnValue:
     value: Any
 
@@ -178,6 +183,9 @@ class Recorder(GenServer[Setup]):
                 raise exception
             case ReturnValue(value):
                 return value
+            case SignalSelf(reason):
+                otp.exit(otp.self_pid(), reason)
+                return NoReply(state)
         raise AssertionError(f"unexpected request {request!r}")
 
     async def handle_info(self, message: Any, state: Setup) -> NoReply[Setup]:
@@ -612,6 +620,15 @@ class TestTerminate:
         GenServer.cast(pid, Raise(error))
         assert await otp.await_exit(pid, timeout=WAIT) == Crash(error)
         assert setup.log == [("terminate", Crash(error))]
+
+    async def test_terminate_does_not_run_on_an_exit_signal_the_server_sends_itself(self) -> None:
+        """``exit(self_pid(), R)`` in a callback of a non-trapping server is a signal, not ``exit(R)``:
+        the server ends with R at once and terminate does not run."""
+        setup = Setup()
+        pid = await Recorder.start(setup)
+        GenServer.cast(pid, SignalSelf(Shutdown("self")))
+        assert await otp.await_exit(pid, timeout=WAIT) == Shutdown("self")
+        assert setup.log == []
 
     async def test_terminate_runs_on_stop(self) -> None:
         """``GenServer.stop(pid, reason)`` runs terminate with that reason."""

@@ -271,6 +271,20 @@ class TestKill:
 
         assert await otp.await_exit(otp.spawn(parent), timeout=WAIT) == KILLED
 
+    async def test_a_process_ending_with_reason_kill_sends_a_trappable_signal(self) -> None:
+        """Only ``exit/2`` makes ``kill`` untrappable: a link that *ended* with ``kill`` is trapped."""
+
+        async def ends_with_kill() -> None:
+            raise otp.ProcessExit(KILL)
+
+        async def body() -> tuple[Pid, Any]:
+            otp.trap_exit()
+            child = otp.spawn_link(ends_with_kill)
+            return child, await otp.receive(timeout=WAIT)
+
+        child, message = await in_process(body)
+        assert message == ExitMessage(child, KILL)
+
 
 class TestExit:
     async def test_normal_signal_to_a_non_trapping_process_is_ignored(self) -> None:

@@ -331,7 +331,10 @@ class Process:
         self._pending_exit = reason
         if self._running and self._task is not None:
             if _current.get() is self and asyncio.current_task() is self._task:
-                raise ProcessExit(reason)
+                # A signal a process sends itself (exit(self_pid(), R)) ends it at once, as the
+                # BEAM's exit/2 never returns. It is raised as a cancellation, not as ProcessExit,
+                # so that a GenServer does not mistake it for exit(R) and run terminate.
+                raise asyncio.CancelledError
             self._task.cancel()
 
     def terminate(self, reason: ExitReason) -> None:
@@ -351,7 +354,7 @@ class Process:
             pid = self.pid
             for other in links:
                 other.links.discard(self)
-                deliver_exit_signal(other, pid, reason)
+                deliver_exit_signal(other, pid, reason, via_link=True)
         if self.monitoring:
             for ref, watched in self.monitoring.items():
                 watched.monitored_by.pop(ref, None)
@@ -368,11 +371,15 @@ class Process:
             self._exited.set_result(reason)
 
 
-def deliver_exit_signal(target: Process, sender: Pid, reason: ExitReason) -> None:
-    """Apply OTP's exit-signal rules to ``target``."""
+def deliver_exit_signal(target: Process, sender: Pid, reason: ExitReason, *, via_link: bool = False) -> None:
+    """Apply OTP's exit-signal rules to ``target``.
+
+    ``kill`` is untrappable only when sent with ``exit/2``; a linked process that *ended* with
+    reason ``kill`` sends an ordinary, trappable signal (``via_link=True``), as on the BEAM.
+    """
     if target.reason is not None:
         return
-    if isinstance(reason, Kill):
+    if isinstance(reason, Kill) and not via_link:
         target.die(KILLED)
     elif target.trap_exit:
         target.mailbox.put(ExitMessage(sender, reason))

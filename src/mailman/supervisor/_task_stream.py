@@ -35,7 +35,7 @@ they are gone. If the supervisor is full (``max_children``), the stream closes c
 Deviations, and why:
 
 - No monitor process: Elixir's stream spawns one to watch the tasks and time them out; here each
-  task's exit hook and one event-loop timer per task do that work in the consumer's event loop, so a
+  task's exit hook and a single event-loop timer (armed for the earliest deadline) do that work, so a
   stream costs no process and no asyncio task beyond its task processes. The results never pass
   through a mailbox, so none can leak into the consumer's.
 - ``on_timeout=EXIT`` raises :class:`StreamTimeoutError` in the consumer instead of exiting it, after
@@ -57,6 +57,7 @@ import asyncio
 import contextlib
 import enum
 import math
+import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from types import TracebackType
@@ -82,6 +83,7 @@ __all__ = ["OnTimeout", "TaskStream"]
 T = TypeVar("T")
 
 _NO_VALUE: Any = object()
+_CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
 
 
 class OnTimeout(enum.Enum):
@@ -96,14 +98,14 @@ class OnTimeout(enum.Enum):
 class _StreamTask:
     """One item's task: where its value lands, and what the stream needs to kill it."""
 
-    __slots__ = ("core", "index", "input", "process", "timed_out", "timer", "value")
+    __slots__ = ("core", "deadline", "index", "input", "process", "timed_out", "value")
 
     def __init__(self, core: _StreamCore, index: int, input_: Any) -> None:
         self.core = core
         self.index = index
         self.input = input_
         self.process: Process | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = math.inf
         self.timed_out = False
         self.value: Any = _NO_VALUE
 
@@ -111,17 +113,26 @@ class _StreamTask:
         self.core.task_exited(self, reason)
 
 
-async def _start_stream_task(task: _StreamTask, fn: Callable[[Any], Awaitable[Any]], item: Any) -> Pid:
-    """The ChildSpec start function: runs in the supervisor, so the task is linked to it."""
-    core = task.core
-    if core.closing:
+async def _start_stream_task(core: _StreamCore) -> Pid:
+    """The start function of the stream's one ChildSpec: starts the item the consumer is waiting on.
+
+    It runs in the supervisor, so the task is linked to it. The consumer starts one task at a time,
+    so one spec per stream and a ``pending`` slot replace a new spec per item.
+    """
+    pending = core.pending
+    core.pending = None
+    if pending is None or core.closing:
         raise StartIgnored  # the consumer left while this start was queued: start nothing
-    pid = spawn_link(_run_stream_task, task, fn, item)
+    task, item = pending
+    pid = spawn_link(_run_stream_task, task, core.fn, item)
     process = pid._process
     task.process = process
     process.add_exit_hook(task, task.exited)
     if core.timeout != math.inf:
-        task.timer = asyncio.get_running_loop().call_later(core.timeout, core.task_timed_out, task)
+        loop = asyncio.get_running_loop()
+        task.deadline = loop.time() + core.timeout
+        if core.timer is None:
+            core.timer = loop.call_at(task.deadline, core.on_timer)
     return pid
 
 
@@ -157,14 +168,17 @@ class _StreamCore:
         "max_concurrency",
         "on_timeout",
         "ordered",
+        "pending",
         "ready",
         "running",
         "shutdown",
         "source",
         "spawned",
+        "spec",
         "started",
         "supervisor",
         "timeout",
+        "timer",
         "waiter",
         "zip_input",
     )
@@ -208,6 +222,11 @@ class _StreamCore:
         self.closing = False  # tasks killed, no more results accepted
         self.closed = False  # iteration over
         self.all_gone: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None  # armed for the earliest running deadline
+        self.pending: tuple[_StreamTask, Any] | None = None  # the task being started, and its item
+        self.spec = ChildSpec(
+            id=None, start=_start_stream_task, args=(self,), restart=Restart.TEMPORARY, shutdown=shutdown
+        )
 
     # ------------------------------------------------------------ the consumer's side
 
@@ -240,6 +259,9 @@ class _StreamCore:
                     return result
                 if self.spawned == self.delivered and (self.exhausted or self.closing):
                     self.closed = True
+                    if self.timer is not None:
+                        self.timer.cancel()
+                        self.timer = None
                     raise StopAsyncIteration
                 waiter = self.waiter = asyncio.get_running_loop().create_future()
                 try:
@@ -269,15 +291,9 @@ class _StreamCore:
         task = _StreamTask(self, index, item if self.zip_input else None)
         self.running[index] = task  # before the start: the task may end before the reply comes back
         self.spawned = index + 1
-        spec = ChildSpec(
-            id=None,
-            start=_start_stream_task,
-            args=(task, self.fn, item),
-            restart=Restart.TEMPORARY,
-            shutdown=self.shutdown,
-        )
+        self.pending = (task, item)
         try:
-            pid = await DynamicSupervisor.start_child(self.supervisor, spec)
+            pid = await DynamicSupervisor.start_child(self.supervisor, self.spec)
         except BaseException:
             if task.process is None:  # never started (or its queued start will be ignored)
                 self.running.pop(index, None)
@@ -300,14 +316,15 @@ class _StreamCore:
 
     def kill_all(self) -> None:
         self.closing = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         owner = self.link_owner
         for index, task in list(self.running.items()):
             process = task.process
             if process is None:  # its start is still queued; it will be ignored
                 del self.running[index]
                 continue
-            if task.timer is not None:
-                task.timer.cancel()
             if owner is not None:
                 _unlink(owner, process)  # the consumer must not die of the kill
             exit(process.pid, KILL)
@@ -318,8 +335,6 @@ class _StreamCore:
     def task_exited(self, task: _StreamTask, reason: ExitReason) -> None:
         """Exit hook of every task: turn its end into a result (it runs before links fire)."""
         del self.running[task.index]
-        if task.timer is not None:
-            task.timer.cancel()
         owner = self.link_owner
         if owner is not None and owner.trap_exit and task.process is not None:
             _unlink(owner, task.process)  # the result tells the consumer; no ExitMessage
@@ -343,17 +358,32 @@ class _StreamCore:
             self.ready.append(result)
         self._wake()
 
-    def task_timed_out(self, task: _StreamTask) -> None:
-        """Timer callback: the task ran ``timeout`` seconds. Kill it, whatever ``on_timeout`` says."""
-        task.timer = None
-        process = task.process
-        if process is None or process.reason is not None or self.closing:
+    def on_timer(self) -> None:
+        """Timer callback: kill every task past its deadline, whatever ``on_timeout`` says, and
+        re-arm for the next deadline.
+
+        One timer serves the whole stream: every task gets the same ``timeout`` from its own start
+        and tasks start in order, so ``running`` (in start order) is also in deadline order and the
+        earliest deadline is the first running task's. A task that ends early leaves the timer armed
+        for its deadline; when it fires, it just re-arms for the next one.
+        """
+        self.timer = None
+        if self.closing:
             return
-        task.timed_out = True
+        loop = asyncio.get_running_loop()
+        now = loop.time() + _CLOCK_RESOLUTION  # asyncio runs timers due within its resolution
         owner = self.link_owner
-        if owner is not None:
-            _unlink(owner, process)
-        exit(process.pid, KILL)
+        for task in list(self.running.values()):
+            process = task.process
+            if process is None or task.timed_out:
+                continue
+            if task.deadline > now:
+                self.timer = loop.call_at(task.deadline, self.on_timer)
+                return
+            task.timed_out = True
+            if owner is not None:
+                _unlink(owner, process)
+            exit(process.pid, KILL)
 
     def _fail(self, error: StreamTimeoutError) -> None:
         # The results due before the timeout are still given; then the error.
