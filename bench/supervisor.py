@@ -33,6 +33,7 @@ structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.
 
 from mailman import supervisor as otp  # noqa: E402 - structlog must be configured first
 
+
 async def _noop() -> None:
     return None
 

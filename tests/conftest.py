@@ -18,6 +18,8 @@ import structlog
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
+pytest_plugins = ["tests.services.smtp_fixtures", "tests.services.engine_fixtures"]
+
 
 @pytest.fixture(autouse=True)
 async def _fail_on_loop_errors() -> AsyncIterator[None]:

@@ -1,0 +1,64 @@
+"""What a letter's service needs to know: where its collaborators are and how to behave.
+
+A :class:`DeliveryContext` is plain data handed down the supervision tree when a letter's service
+starts: the *names* of the processes it talks to (the Repo, the Mailer, the task supervisor, the
+letters Registry), never their pids, so that a restarted collaborator is found again by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mailman.services.models import UncertainPolicy
+from mailman.services.retry_policy import RetryPolicy
+
+__all__ = ["DeliveryContext", "DeliverySettings"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliverySettings:
+    """How letters are sent. Defaults suit a relay that takes a few thousand messages a second."""
+
+    concurrency: int = 50
+    """Recipient tasks in flight per letter."""
+    claim_batch: int = 25
+    """Recipients claimed (pending -> sending) per query. Small: a kill leaves at most this many
+    claimed-but-not-yet-sent rows, which recovery must treat as uncertain."""
+    flush_size: int = 200
+    """Outcomes buffered before they are written to Postgres in one transaction."""
+    flush_interval: float = 0.25
+    """Seconds after which buffered outcomes are written anyway."""
+    task_timeout: float = 120.0
+    """A recipient task running longer is killed and retried (with the same Message-ID)."""
+    idle_poll: float = 1.0
+    """Longest wait between claims while every pending recipient is backing off."""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    message_domain: str = "mailman.localhost"
+    uncertain_policy: UncertainPolicy | None = None
+    """Overrides each letter's own policy when set."""
+    max_letter_restarts: int = 5
+    """A letter whose service crashed more often than this ends failed, with the reason."""
+    breaker_base_delay: float = 1.0
+    breaker_max_delay: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("concurrency", "claim_batch", "flush_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"expected {name} to be an int >= 1, got {value!r}")
+        if self.max_letter_restarts < 0:
+            raise ValueError(f"expected max_letter_restarts >= 0, got {self.max_letter_restarts}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryContext:
+    """The registered names of a letter's collaborators, and the settings."""
+
+    repo: str = "mailman.repo"
+    mailer: str = "mailman.mailer"
+    tasks: str = "mailman.tasks"
+    """The TaskSupervisor running recipient tasks (``MailmanSupervisor`` in the design)."""
+    letters: str = "mailman.letters"
+    """The unique Registry: letter id -> the LetterDeliveryService sending it."""
+    dispatcher: str = "mailman.dispatcher"
+    settings: DeliverySettings = field(default_factory=DeliverySettings)

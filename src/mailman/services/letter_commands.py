@@ -1,0 +1,139 @@
+"""The letter commands: send, status, pause, resume, cancel, retry failed.
+
+Plain async functions over the running tree (the RPC layer and the tests call them). Each reads
+the letter's status first and does what that status allows; anything else is answered, not
+raised: sending a letter that was already sent changes nothing and says so.
+
+Example::
+
+    await send_letter(context, 42)                 # {"letter_id": 42, "state": "sending", ...}
+    await letter_status(context, 42)               # counts per state
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailman.services.database import transaction
+from mailman.services.delivery_context import DeliveryContext
+from mailman.services.letter_delivery_dispatcher import LetterDeliveryDispatcher
+from mailman.services.letter_delivery_service import LetterDeliveryService
+from mailman.services.models import LetterStatus
+from mailman.services.queries import deliveries, letters
+from mailman.services.repo import Repo
+from mailman.supervisor import CallExitError, NoProcessError
+
+__all__ = ["cancel_letter", "letter_status", "pause_letter", "resume_letter", "retry_failed", "send_letter"]
+
+_DONE = (LetterStatus.SENT, LetterStatus.CANCELLED, LetterStatus.FAILED)
+
+
+async def send_letter(
+    context: DeliveryContext, letter_id: int, recipients: tuple[int, ...] | None = None
+) -> dict[str, Any]:
+    """Start sending the letter to every active subscriber (or to ``recipients``), or join its send.
+
+    The audience is fixed when the send starts; a letter that is sending, sent, cancelled, failed or
+    paused is not sent again, and the answer says why.
+    """
+    pool = await Repo.pool(context.repo)
+    letter = await letters.get_letter(pool, letter_id)
+    match letter.status:
+        case LetterStatus.DRAFT | LetterStatus.SCHEDULED:
+            await LetterDeliveryDispatcher.deliver(context, letter_id, recipients)
+            message = "sending started"
+        case LetterStatus.SENDING:
+            joined = LetterDeliveryDispatcher.running(context, letter_id) is not None
+            await LetterDeliveryDispatcher.deliver(context, letter_id)
+            message = "already sending: joined the running send" if joined else "resumed the send"
+        case LetterStatus.PAUSED:
+            message = "the letter is paused: resume it to go on"
+        case _:
+            message = f"the letter is already {letter.status}: nothing was sent"
+    return {**await letter_status(context, letter_id), "message": message}
+
+
+async def letter_status(context: DeliveryContext, letter_id: int) -> dict[str, Any]:
+    """The letter's state and its deliveries counted by state.
+
+    ``{"letter_id", "state", "counts": {"pending", "sending", "delivered", "failed", "skipped"},
+    "uncertain", "audience", "restarts", "failure_reason", "running"}``.
+    """
+    pool = await Repo.pool(context.repo)
+    letter = await letters.get_letter(pool, letter_id)
+    counts = await deliveries.count_deliveries(pool, letter_id)
+    return {
+        "letter_id": letter_id,
+        "state": letter.status.value,
+        "counts": {
+            "pending": counts.pending,
+            "sending": counts.sending,
+            "delivered": counts.delivered,
+            "failed": counts.failed,
+            "skipped": counts.skipped,
+        },
+        "uncertain": counts.uncertain,
+        "audience": counts.total,
+        "restarts": int(letter.mail_order.get("restarts", 0)),
+        "failure_reason": letter.mail_order.get("failure_reason"),
+        "running": LetterDeliveryDispatcher.running(context, letter_id) is not None,
+    }
+
+
+async def pause_letter(context: DeliveryContext, letter_id: int) -> dict[str, Any]:
+    """Stop claiming recipients; those in flight finish; the letter becomes ``paused``."""
+    await _stop_as(context, letter_id, LetterStatus.PAUSED)
+    return await letter_status(context, letter_id)
+
+
+async def cancel_letter(context: DeliveryContext, letter_id: int) -> dict[str, Any]:
+    """As pause, but for good: the letter becomes ``cancelled``; pending recipients stay unsent."""
+    await _stop_as(context, letter_id, LetterStatus.CANCELLED)
+    return await letter_status(context, letter_id)
+
+
+async def resume_letter(context: DeliveryContext, letter_id: int) -> dict[str, Any]:
+    """Go on with a paused letter, from where it stopped."""
+    pool = await Repo.pool(context.repo)
+    if await letters.set_letter_status(pool, letter_id, LetterStatus.SENDING, expected=LetterStatus.PAUSED):
+        await LetterDeliveryDispatcher.deliver(context, letter_id)
+        message = "resumed"
+    else:
+        message = f"the letter is {(await letters.get_letter(pool, letter_id)).status}, not paused"
+    return {**await letter_status(context, letter_id), "message": message}
+
+
+async def retry_failed(context: DeliveryContext, letter_id: int) -> dict[str, Any]:
+    """Send again to the recipients that failed (dead letters), with fresh attempts."""
+    pool = await Repo.pool(context.repo)
+    async with transaction(pool) as connection:
+        retried = await deliveries.retry_failed(connection, letter_id)
+        if retried:
+            await letters.set_letter_status(
+                connection, letter_id, LetterStatus.SENDING, expected=[LetterStatus.SENT, LetterStatus.FAILED]
+            )
+            await letters.update_mail_order(
+                connection, letter_id, {"restarts": 0, "failure_reason": None, "running": False}
+            )
+    letter = await letters.get_letter(pool, letter_id)
+    if retried and letter.status is LetterStatus.SENDING:
+        await LetterDeliveryDispatcher.deliver(context, letter_id)
+    return {**await letter_status(context, letter_id), "retried": retried}
+
+
+async def _stop_as(context: DeliveryContext, letter_id: int, status: LetterStatus) -> None:
+    service = LetterDeliveryDispatcher.running(context, letter_id)
+    if service is not None:
+        try:
+            if status is LetterStatus.PAUSED:
+                await LetterDeliveryService.pause(service)
+            else:
+                await LetterDeliveryService.cancel(service)
+            return
+        except (NoProcessError, CallExitError):
+            pass  # it ended meanwhile: settle it in Postgres below
+    pool = await Repo.pool(context.repo)
+    allowed = [LetterStatus.SENDING, LetterStatus.PAUSED]
+    if status is LetterStatus.CANCELLED:
+        allowed += [LetterStatus.DRAFT, LetterStatus.SCHEDULED]
+    await letters.set_letter_status(pool, letter_id, status, expected=allowed)

@@ -1,0 +1,98 @@
+"""LetterDeliveryDispatcher: starts (or joins) the service that sends a letter.
+
+A :class:`DynamicSupervisor` with one child per letter being sent. Each child is a small
+:class:`LetterSupervisor` (one_for_one) around the letter's :class:`LetterDeliveryService`:
+
+- the letter's restarts are counted by its own supervisor, not by the dispatcher, so a letter that
+  crash-loops never trips the dispatcher's restart intensity and never disturbs other letters;
+- the service is a *significant* transient child and the LetterSupervisor shuts itself down
+  (``auto_shutdown=ANY_SIGNIFICANT``) when the service ends normally: sent, paused, cancelled or
+  failed. The LetterSupervisor itself is a temporary child of the dispatcher.
+
+Sending a letter that is already sending *joins* it: the service is found in the letters Registry
+by letter id, and no second service starts (a race between two starts ends the same way, since
+the Registry holds one name per letter).
+
+Deviation from the forum design this grew from (a DynamicSupervisor of services directly): the
+per-letter supervisor layer is what keeps one letter's crashes from counting against all of them.
+
+Example::
+
+    pid = await LetterDeliveryDispatcher.deliver(context, 42)   # the service, or None if done
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mailman.services.delivery_context import DeliveryContext
+from mailman.services.letter_delivery_service import LetterDeliveryService, ServiceArgs
+from mailman.supervisor import (
+    AutoShutdown,
+    DynamicSupervisor,
+    Pid,
+    Registry,
+    Restart,
+    StartError,
+    Strategy,
+    Supervisor,
+    SupervisorSpec,
+    whereis,
+)
+
+__all__ = ["LetterDeliveryDispatcher", "LetterSupervisor"]
+
+
+class LetterSupervisor(Supervisor):
+    """One letter's own supervisor: restarts its service, and counts only its restarts."""
+
+    def init(self, arg: ServiceArgs) -> SupervisorSpec:
+        context = arg.context
+        service = dataclasses.replace(
+            LetterDeliveryService.child_spec(
+                arg, id="service", name=Registry.via(context.letters, arg.letter_id)
+            ),
+            significant=True,
+        )
+        return SupervisorSpec(
+            [service],
+            strategy=Strategy.ONE_FOR_ONE,
+            # The service itself fails the letter once it has crashed max_letter_restarts times
+            # (it counts in Postgres, across daemon restarts too); this bound is only a backstop.
+            max_restarts=context.settings.max_letter_restarts + 1,
+            max_seconds=3600,
+            auto_shutdown=AutoShutdown.ANY_SIGNIFICANT,
+        )
+
+
+class LetterDeliveryDispatcher(DynamicSupervisor):
+    """Supervises one LetterSupervisor per letter being sent."""
+
+    @staticmethod
+    async def deliver(
+        context: DeliveryContext, letter_id: int, recipients: tuple[int, ...] | None = None
+    ) -> Pid | None:
+        """Start sending ``letter_id`` (or join the running send); the service's pid.
+
+        None when the service had nothing to do and already ended (the letter was sent, paused,
+        cancelled or failed).
+        """
+        via = Registry.via(context.letters, letter_id)
+        running = whereis(via)
+        if running is not None:
+            return running
+        args = ServiceArgs(letter_id=letter_id, context=context, recipients=recipients)
+        spec = LetterSupervisor.child_spec(args, id=("letter", letter_id), restart=Restart.TEMPORARY)
+        try:
+            await DynamicSupervisor.start_child(context.dispatcher, spec)
+        except StartError:
+            running = whereis(via)  # lost a race with another start: join it
+            if running is None:
+                raise
+            return running
+        return whereis(via)
+
+    @staticmethod
+    def running(context: DeliveryContext, letter_id: int) -> Pid | None:
+        """The service sending ``letter_id``, if one is running."""
+        return whereis(Registry.via(context.letters, letter_id))

@@ -1,0 +1,645 @@
+"""The SMTP side of delivery: a pool of reusable connections that sends one message at a time each.
+
+:class:`SmtpPool` is the only place where mailman speaks SMTP. It keeps up to ``size`` aiosmtplib
+connections, opened lazily and reused across messages, and turns every way an attempt can end into a
+:class:`~mailman.services.smtp_outcome.SendResult`: ``send`` never raises for an SMTP outcome, and
+no aiosmtplib type appears in its signatures::
+
+    pool = SmtpPool("smtp+starttls://user:secret@relay.example.com", size=8)
+    match await pool.send("news@example.com", "ada@example.org", message_bytes, key=letter_id):
+        case Delivered(reply):                     # reply: "2.0.0 Ok: queued as 4BXY..."
+            ...
+        case Transient(code, reply, phase) as t:   # retry later (t.uncertain: maybe delivered)
+            ...
+        case Permanent(code, reply) as p:          # p.is_user_unknown: mark the subscription bounced
+            ...
+        case TransportFault(code, reply, phase):   # the relay is at fault: hold the letter
+            ...
+    await pool.close()
+
+Concurrency is parallel connections: aiosmtplib does not pipeline, and one connection carries one
+transaction at a time, so ``size`` connections carry ``size`` messages at once.
+
+Connections:
+
+- Opened when a send finds no idle one (never more than ``size``), in phases CONNECT, EHLO,
+  STARTTLS and AUTH as the URL asks (:func:`parse_smtp_url`).
+- Reused for the next message; recycled (QUIT) after ``max_messages_per_connection`` messages
+  (50 by default: relays throttle or cut long sessions), and closed after a 421, a disconnect, a
+  timeout or a failed RSET. After a refused MAIL/RCPT/DATA the envelope is reset with RSET.
+- A connection that sat idle longer than ``idle_timeout`` is closed rather than reused, since
+  servers drop idle sessions. If a reused connection still fails at MAIL with no reply or a 421
+  (the server dropped it while idle), the message is tried once more on a fresh connection: nothing
+  of it had been sent.
+
+Phases are observed one by one (``mail``, ``rcpt``, the ``DATA`` command, then the message and its
+final dot), so a result tells where the attempt ended, and only a failure after the final dot is
+:attr:`~mailman.services.smtp_outcome.Transient.uncertain`.
+
+Rate: each send takes a token from ``rate_limiter`` once it holds a connection slot, right before
+its transaction, so the limit holds at the moment of sending (and can be changed live with
+``pool.rate_limiter.set_rate``).
+
+Fairness between letters: sends that wait for a connection slot queue per ``key`` (pass the letter
+id), and a freed slot goes to the keys in turn (round robin), oldest waiter first within a key. A
+letter with 10,000 queued sends and a letter with one therefore alternate: the small letter waits
+for at most one slot per other letter, not for the big letter's queue. With a single key this is
+plain FIFO.
+
+Circuit breaker: when given one, ``send`` returns a :class:`TransportFault` at once while it is open,
+reports transport faults to it, and reports a reply from a working relay (delivered, permanent, a
+coded transient after MAIL) as a success. In half-open state the first send is the probe.
+
+``close`` ends the pool: idle connections get a QUIT, connections in use close when their send
+ends, sends waiting for a slot and any later send raise :class:`PoolClosedError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import socket
+import ssl
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Final
+from urllib.parse import unquote, urlsplit
+
+import aiosmtplib
+import structlog
+
+from mailman.services.circuit_breaker import BreakerState, CircuitBreaker
+from mailman.services.errors import MailmanError
+from mailman.services.rate_limit import TokenBucket
+from mailman.services.smtp_outcome import (
+    Delivered,
+    Permanent,
+    SendResult,
+    SmtpPhase,
+    Transient,
+    TransportFault,
+    outcome,
+)
+from mailman.supervisor import Clock, MonotonicClock
+
+__all__ = [
+    "PoolClosedError",
+    "PoolStats",
+    "Security",
+    "SmtpPool",
+    "SmtpUrl",
+    "SmtpUrlError",
+    "parse_smtp_url",
+]
+
+log = structlog.get_logger("mailman.mailer")
+
+DEFAULT_POOL_SIZE: Final = 8
+DEFAULT_MAX_MESSAGES_PER_CONNECTION: Final = 50
+
+_ENVELOPE_ADDRESS = re.compile(r"[!-~]+@[!-~]+")
+_FORBIDDEN_IN_ADDRESS = frozenset('<>()[],;:"\\')
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r")
+
+
+class SmtpUrlError(MailmanError, ValueError):
+    """An SMTP URL cannot be used; the message says why and what a good one looks like."""
+
+
+class PoolClosedError(MailmanError, RuntimeError):
+    """The SMTP pool was closed (its Mailer stopped): fetch the new pool from the Mailer."""
+
+
+# ---------------------------------------------------------------- URLs
+
+
+class Security(Enum):
+    """How a connection is protected."""
+
+    NONE = "none"
+    """``smtp://``: plain text (a local relay)."""
+    STARTTLS = "starttls"
+    """``smtp+starttls://``: plain connection upgraded with STARTTLS, which the server must offer."""
+    TLS = "tls"
+    """``smtps://``: TLS from the first byte (implicit TLS, port 465)."""
+
+
+_SCHEMES: Final = {
+    "smtp": (Security.NONE, 25),
+    "smtp+starttls": (Security.STARTTLS, 587),
+    "smtps": (Security.TLS, 465),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SmtpUrl:
+    """Where and how to reach the relay, parsed from a URL by :func:`parse_smtp_url`."""
+
+    host: str
+    port: int
+    security: Security
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        scheme = {Security.NONE: "smtp", Security.STARTTLS: "smtp+starttls", Security.TLS: "smtps"}
+        user = "" if self.username is None else f"{self.username}:***@"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme[self.security]}://{user}{host}:{self.port}"
+
+
+def parse_smtp_url(url: str) -> SmtpUrl:
+    """Parse ``smtp://[user[:password]@]host[:port]``; also ``smtp+starttls://`` and ``smtps://``.
+
+    Default ports: 25, 587 and 465. User and password are percent-decoded (write ``@`` as ``%40``).
+    Raises :class:`SmtpUrlError` (a ``ValueError``) for anything else, never echoing the password.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"expected the SMTP URL as a str, got {type(url).__name__}")
+    split = urlsplit(url.strip())
+    shown = url if split.password is None else url.replace(f":{split.password}@", ":***@", 1)
+    example = "such as smtp://relay:25, smtp+starttls://user:password@relay:587 or smtps://relay"
+
+    def fail(why: str) -> SmtpUrlError:
+        return SmtpUrlError(f"invalid SMTP URL {shown!r}: {why}; expected a URL {example}")
+
+    if split.scheme not in _SCHEMES:
+        raise fail(f"unknown scheme {split.scheme!r}")
+    security, default_port = _SCHEMES[split.scheme]
+    if not split.hostname:
+        raise fail("no host")
+    try:
+        port = split.port
+    except ValueError:
+        raise fail("the port must be a number from 1 to 65535") from None
+    if port == 0:
+        raise fail("the port must be a number from 1 to 65535")
+    if split.path not in ("", "/") or split.query or split.fragment:
+        raise fail("it takes no path, query or fragment")
+    username = None if split.username is None else unquote(split.username)
+    password = None if split.password is None else unquote(split.password)
+    if password is not None and not username:
+        raise fail("a password needs a user name")
+    return SmtpUrl(
+        host=split.hostname,
+        port=default_port if port is None else port,
+        security=security,
+        username=username or None,
+        password=password,
+    )
+
+
+# ---------------------------------------------------------------- the pool
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A snapshot of an :class:`SmtpPool`, for monitoring and tests."""
+
+    size: int
+    """The most connections the pool opens."""
+    open_connections: int
+    idle_connections: int
+    busy: int
+    """Sends holding a connection slot."""
+    waiting: int
+    """Sends waiting for a slot."""
+    connections_opened: int
+    """Connections opened since the pool was created."""
+    messages_sent: int
+    """Messages that reached the end of DATA (accepted or not) since the pool was created."""
+
+
+class _Connection:
+    __slots__ = ("client", "idle_since", "messages")
+
+    def __init__(self, client: aiosmtplib.SMTP, now: float) -> None:
+        self.client = client
+        self.messages = 0
+        self.idle_since = now
+
+
+class _ConnectFailed(Exception):
+    """Opening a connection failed with ``result`` (internal: ``send`` returns the result)."""
+
+    def __init__(self, result: SendResult) -> None:
+        super().__init__(result)
+        self.result = result
+
+
+class SmtpPool:
+    """Up to ``size`` reusable SMTP connections to one relay; ``send`` returns a result, never raises."""
+
+    def __init__(
+        self,
+        url: str | SmtpUrl,
+        *,
+        size: int = DEFAULT_POOL_SIZE,
+        max_messages_per_connection: int = DEFAULT_MAX_MESSAGES_PER_CONNECTION,
+        rate_limiter: TokenBucket | None = None,
+        breaker: CircuitBreaker | None = None,
+        timeout: float = 30.0,
+        idle_timeout: float = 60.0,
+        local_hostname: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.url = url if isinstance(url, SmtpUrl) else parse_smtp_url(url)
+        _check_positive_int(size, "size")
+        _check_positive_int(max_messages_per_connection, "max_messages_per_connection")
+        if not timeout > 0 or not idle_timeout > 0:
+            raise ValueError(f"expected timeouts > 0 seconds, got {timeout=!r}, {idle_timeout=!r}")
+        self.rate_limiter = rate_limiter if rate_limiter is not None else TokenBucket(math.inf)
+        self.breaker = breaker
+        self._size = size
+        self._max_messages = max_messages_per_connection
+        self._timeout = timeout
+        self._idle_timeout = idle_timeout
+        self._local_hostname = local_hostname
+        self._tls_context = tls_context
+        self._clock = clock if clock is not None else MonotonicClock()
+        self._idle: list[_Connection] = []
+        self._open = 0
+        self._busy = 0
+        # Waiting sends, one FIFO per key; the dict's order is the round-robin order of the keys.
+        self._waiters: dict[Hashable, deque[asyncio.Future[bool]]] = {}
+        self._closed = False
+        self._connections_opened = 0
+        self._messages_sent = 0
+
+    def __repr__(self) -> str:
+        return f"SmtpPool({self.url}, size={self._size}, open={self._open}, closed={self._closed})"
+
+    # ---------------------------------------------------------------- public API
+
+    @property
+    def size(self) -> int:
+        """The most connections the pool opens (change it with :meth:`set_size`)."""
+        return self._size
+
+    @property
+    def max_messages_per_connection(self) -> int:
+        return self._max_messages
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> PoolStats:
+        return PoolStats(
+            size=self._size,
+            open_connections=self._open,
+            idle_connections=len(self._idle),
+            busy=self._busy,
+            waiting=sum(len(lane) for lane in self._waiters.values()),
+            connections_opened=self._connections_opened,
+            messages_sent=self._messages_sent,
+        )
+
+    def set_size(self, size: int) -> None:
+        """Change how many connections the pool may open, now. Surplus connections close when free."""
+        _check_positive_int(size, "size")
+        self._size = size
+        while self._idle and self._open > self._size:
+            self._discard(self._idle.pop(0))
+        self._grant()
+
+    def set_max_messages_per_connection(self, count: int) -> None:
+        """Change after how many messages a connection is recycled, from the next message on."""
+        _check_positive_int(count, "max_messages_per_connection")
+        self._max_messages = count
+
+    async def send(
+        self, envelope_from: str, recipient: str, message: bytes, *, key: Hashable = None
+    ) -> SendResult:
+        """Send ``message`` (complete, with headers) to ``recipient`` with ``envelope_from`` as sender.
+
+        ``envelope_from`` may be ``""`` (the null sender ``<>``). ``key`` groups the sends of one
+        letter for fair turns between letters. Returns the outcome; raises only for misuse
+        (``ValueError`` / ``TypeError``) and :class:`PoolClosedError`.
+        """
+        _check_envelope_address(envelope_from, "envelope_from", allow_empty=True)
+        _check_envelope_address(recipient, "recipient", allow_empty=False)
+        if not isinstance(message, bytes):
+            raise TypeError(f"expected the message as bytes, got {type(message).__name__}")
+        if self._closed:
+            raise PoolClosedError(f"{self!r} is closed")
+        data = _canonical(message)
+        breaker = self.breaker
+        probe = False
+        if breaker is not None:
+            probe = breaker.state is BreakerState.HALF_OPEN
+            if not breaker.allow_request():
+                if breaker.state is BreakerState.OPEN:
+                    why = f"circuit open after transport faults: next attempt in {breaker.retry_in:.1f} s"
+                else:
+                    why = "circuit half-open after transport faults: waiting for the probe's verdict"
+                return TransportFault(None, why, SmtpPhase.CONNECT)
+        try:
+            await self._acquire_slot(key)
+            try:
+                await self.rate_limiter.acquire()
+                result = await self._send(envelope_from, recipient, data)
+            finally:
+                self._release_slot()
+        except BaseException:
+            if probe and breaker is not None:
+                breaker.release_probe()
+            raise
+        if breaker is not None:
+            _report(breaker, result, probe=probe)
+        return result
+
+    async def close(self) -> None:
+        """Close the pool: QUIT idle connections, fail waiting sends with :class:`PoolClosedError`."""
+        if self._closed:
+            return
+        self._closed = True
+        for lane in self._waiters.values():
+            for waiter in lane:
+                if not waiter.done():
+                    waiter.set_result(False)
+        self._waiters.clear()
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(self._quit(connection) for connection in idle))
+
+    # ---------------------------------------------------------------- slots (fair queueing)
+
+    async def _acquire_slot(self, key: Hashable) -> None:
+        if self._busy < self._size and not self._waiters:
+            self._busy += 1
+            return
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        lane = self._waiters.get(key)
+        if lane is None:
+            lane = self._waiters[key] = deque()
+        lane.append(waiter)
+        try:
+            granted = await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                self._release_slot()  # granted just before the cancellation reached us
+            else:
+                lane = self._waiters.get(key)
+                if lane is not None and waiter in lane:
+                    lane.remove(waiter)
+                    if not lane:
+                        del self._waiters[key]
+            raise
+        if not granted:
+            raise PoolClosedError(f"{self!r} was closed while this send waited for a connection")
+
+    def _release_slot(self) -> None:
+        self._busy -= 1
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._busy < self._size and self._waiters:
+            key = next(iter(self._waiters))
+            lane = self._waiters.pop(key)
+            waiter = lane.popleft()
+            if lane:
+                self._waiters[key] = lane  # to the back: the other keys go first
+            if waiter.done():
+                continue  # cancelled while waiting
+            self._busy += 1
+            waiter.set_result(True)
+
+    # ---------------------------------------------------------------- connections
+
+    async def _send(self, envelope_from: str, recipient: str, data: bytes) -> SendResult:
+        for attempt in (1, 2):
+            try:
+                connection = await self._checkout()
+            except _ConnectFailed as failure:
+                return failure.result
+            reused = connection.messages > 0
+            try:
+                result, reusable = await self._transact(connection, envelope_from, recipient, data)
+            except BaseException:
+                self._discard(connection)  # cancelled mid-transaction, or a bug: the session is unknown
+                raise
+            await self._checkin(connection, reusable=reusable)
+            stale = (
+                reused
+                and attempt == 1
+                and isinstance(result, Transient)
+                and result.phase is SmtpPhase.MAIL
+                and result.code in (None, 421)
+            )
+            if not stale:
+                return result
+            log.debug("smtp.stale_connection", url=str(self.url), code=result.code, reply=result.reply)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _checkout(self) -> _Connection:
+        now = self._clock.monotonic()
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.client.is_connected and now - connection.idle_since < self._idle_timeout:
+                return connection
+            self._discard(connection)
+        return await self._connect()
+
+    async def _checkin(self, connection: _Connection, *, reusable: bool) -> None:
+        if not reusable:
+            self._discard(connection)
+        elif self._closed or self._open > self._size or connection.messages >= self._max_messages:
+            await self._quit(connection)
+        else:
+            connection.idle_since = self._clock.monotonic()
+            self._idle.append(connection)
+
+    async def _connect(self) -> _Connection:
+        url = self.url
+        if self._local_hostname is None:
+            self._local_hostname = await asyncio.to_thread(socket.getfqdn)
+        client = aiosmtplib.SMTP(
+            hostname=url.host,
+            port=url.port,
+            use_tls=url.security is Security.TLS,
+            start_tls=False,
+            timeout=self._timeout,
+            local_hostname=self._local_hostname,
+            tls_context=self._tls_context,
+        )
+        phase = SmtpPhase.CONNECT
+        try:
+            await client.connect()
+            phase = SmtpPhase.EHLO
+            await client.ehlo()
+            if url.security is Security.STARTTLS:
+                phase = SmtpPhase.STARTTLS
+                await client.starttls()
+                phase = SmtpPhase.EHLO
+                await client.ehlo()
+            if url.username is not None:
+                phase = SmtpPhase.AUTH
+                await client.login(url.username, url.password or "")
+        except Exception as exc:
+            client.close()
+            result = _failure(exc, phase)
+            log.warning("smtp.connect_failed", url=str(url), phase=phase.value, reply=result.reply)
+            raise _ConnectFailed(result) from exc
+        except BaseException:
+            client.close()
+            raise
+        self._open += 1
+        self._connections_opened += 1
+        return _Connection(client, self._clock.monotonic())
+
+    async def _transact(
+        self, connection: _Connection, envelope_from: str, recipient: str, data: bytes
+    ) -> tuple[SendResult, bool]:
+        """One mail transaction; the result, and whether the connection can carry another."""
+        client = connection.client
+        timeout = self._timeout
+        phase = SmtpPhase.MAIL
+        try:
+            options = [f"SIZE={len(data)}"] if client.supports_extension("size") else []
+            await client.mail(envelope_from, options=options, timeout=timeout)
+            phase = SmtpPhase.RCPT
+            await client.rcpt(recipient, timeout=timeout)
+            phase = SmtpPhase.DATA
+            reply = await client.execute_command(b"DATA", timeout=timeout)
+            if reply.code != 354:
+                raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+            # aiosmtplib's data() sends DATA and the message in one call; done in two steps here so
+            # that a failure before the final dot (safe to retry) is told apart from one after it.
+            protocol = client.protocol
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+            protocol.write(_LEADING_DOT.sub(b"..", data) + b".\r\n")
+            phase = SmtpPhase.END_OF_DATA
+            reply = await protocol.read_response(timeout=timeout)
+        except Exception as exc:
+            result = _failure(exc, phase)
+            if phase is SmtpPhase.END_OF_DATA:
+                self._messages_sent += 1
+                connection.messages += 1
+            return result, await self._after_failure(client, result, phase)
+        self._messages_sent += 1
+        connection.messages += 1
+        if not 200 <= reply.code <= 599:
+            client.close()
+            malformed = f"malformed reply {reply.code} {reply.message}"
+            return Transient(None, malformed, SmtpPhase.END_OF_DATA), False
+        result = outcome(reply.code, reply.message, SmtpPhase.END_OF_DATA)
+        if reply.code == 421:
+            client.close()
+        return result, client.is_connected
+
+    async def _after_failure(self, client: aiosmtplib.SMTP, result: SendResult, phase: SmtpPhase) -> bool:
+        code = result.code
+        if code is None or code == 421 or not client.is_connected:
+            client.close()
+            return False
+        if phase is SmtpPhase.END_OF_DATA:
+            return True  # the transaction is over either way
+        try:
+            await client.rset(timeout=self._timeout)
+        except (aiosmtplib.SMTPException, OSError):
+            client.close()
+            return False
+        return client.is_connected
+
+    async def _quit(self, connection: _Connection) -> None:
+        try:
+            await connection.client.quit(timeout=min(self._timeout, 5.0))
+        except (aiosmtplib.SMTPException, OSError):
+            pass  # we are leaving anyway
+        finally:
+            self._discard(connection)
+
+    def _discard(self, connection: _Connection) -> None:
+        connection.client.close()
+        self._open -= 1
+
+
+# ---------------------------------------------------------------- translation and helpers
+
+
+def _failure(exc: Exception, phase: SmtpPhase) -> SendResult:
+    """The result for an exception raised by aiosmtplib (or the socket under it) in ``phase``.
+
+    Decided from the exception's type and SMTP code, never from its text.
+    """
+    if _is_tls_failure(exc):
+        # A certificate that does not verify will not verify on the next attempt either.
+        return TransportFault(None, f"TLS failure: {_describe(exc)}", phase)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        code: int | None = exc.code if 200 <= exc.code <= 599 else None
+        return outcome(code, exc.message, phase)
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected | aiosmtplib.SMTPTimeoutError | OSError):
+        return outcome(None, _describe(exc), phase)
+    if isinstance(exc, aiosmtplib.SMTPException):
+        # Not a reply but a refusal to go on: the server lacks what the URL asks for (STARTTLS,
+        # AUTH) or speaks a dialect we do not. The relay's configuration, not the recipient's fault.
+        return TransportFault(None, _describe(exc), phase)
+    raise exc
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    cause = exc.__cause__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text = f"{text} ({cause})"
+    return text or type(exc).__name__
+
+
+def _report(breaker: CircuitBreaker, result: SendResult, *, probe: bool) -> None:
+    """Tell the breaker what a send showed about the relay."""
+    match result:
+        case TransportFault():
+            breaker.record_failure()
+        case Delivered() | Permanent():
+            breaker.record_success()
+        case Transient(code=code, phase=phase) if code is not None and phase not in (
+            None,
+            SmtpPhase.CONNECT,
+            SmtpPhase.EHLO,
+            SmtpPhase.STARTTLS,
+            SmtpPhase.AUTH,
+        ):
+            breaker.record_success()
+        case _:
+            if probe:
+                breaker.release_probe()  # a lost connection or a busy greeting proves nothing
+
+
+def _canonical(message: bytes) -> bytes:
+    """The message with CRLF line endings and a final CRLF, as it travels in DATA (before dot-stuffing)."""
+    crlf = message.count(b"\r\n")
+    if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
+        message = _LINE_ENDINGS.sub(b"\r\n", message)
+    return message if message.endswith(b"\r\n") else message + b"\r\n"
+
+
+def _check_envelope_address(address: str, name: str, *, allow_empty: bool) -> None:
+    if not isinstance(address, str):
+        raise TypeError(f"expected {name} as a str, got {type(address).__name__}")
+    if address == "" and allow_empty:
+        return
+    if not _ENVELOPE_ADDRESS.fullmatch(address) or _FORBIDDEN_IN_ADDRESS.intersection(address):
+        raise ValueError(
+            f"expected {name} to be a bare ASCII address like user@example.com (no name, no <>), "
+            f"got {address!r}"
+        )
+
+
+def _check_positive_int(value: int, name: str) -> None:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"expected {name} to be an int >= 1, got {value!r}")
