@@ -34,6 +34,7 @@ from mailman.supervisor._child_spec import (
     Restart,
     Restarting,
     StartFunction,
+    SupervisorInfo,
 )
 from mailman.supervisor._clock import INFINITY, Clock, ManualClock, MonotonicClock
 from mailman.supervisor._dynamic_supervisor import DynamicSupervisor, DynamicSupervisorSpec
@@ -88,7 +89,16 @@ from mailman.supervisor._gen_server import (
     Reply,
     Stop,
 )
-from mailman.supervisor._names import Name, ServerRef, Via, ViaModule, register, unregister, whereis
+from mailman.supervisor._names import (
+    Name,
+    ServerRef,
+    Via,
+    ViaModule,
+    register,
+    registered_name,
+    unregister,
+    whereis,
+)
 from mailman.supervisor._partition_supervisor import PartitionSupervisor
 from mailman.supervisor._process import (
     DownMessage,
@@ -204,6 +214,7 @@ __all__ = [
     "StreamTimeoutError",
     "SupervisionError",
     "Supervisor",
+    "SupervisorInfo",
     "SupervisorSpec",
     "Task",
     "TaskExitError",
@@ -231,6 +242,7 @@ __all__ = [
     "monitor",
     "receive",
     "register",
+    "registered_name",
     "self_pid",
     "send",
     "send_after",

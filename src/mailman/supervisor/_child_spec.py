@@ -50,6 +50,7 @@ __all__ = [
     "Restart",
     "Restarting",
     "StartFunction",
+    "SupervisorInfo",
 ]
 
 StartFunction = Callable[..., Awaitable[Pid]]
@@ -165,3 +166,31 @@ class ChildCounts:
     active: int
     supervisors: int
     workers: int
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorInfo:
+    """What :meth:`Supervisor.describe` tells of a supervisor (as ``sys:get_status`` would).
+
+    ``restarts`` is the number of restarts in the current intensity window.
+    """
+
+    strategy: str
+    max_restarts: int
+    max_seconds: int
+    restarts: int
+    children: tuple[ChildInfo, ...]
+
+
+# Requests every kind of supervisor answers, so that which_children / count_children / describe
+# work on any of them, as supervisor:which_children/1 does in OTP.
+class WhichChildrenRequest:
+    __slots__ = ()
+
+
+class CountChildrenRequest:
+    __slots__ = ()
+
+
+class DescribeRequest:
+    __slots__ = ()

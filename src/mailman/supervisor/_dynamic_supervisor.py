@@ -48,7 +48,11 @@ from mailman.supervisor._child_spec import (
     ChildInfo,
     ChildSpec,
     ChildType,
+    CountChildrenRequest,
+    DescribeRequest,
     Restart,
+    SupervisorInfo,
+    WhichChildrenRequest,
 )
 from mailman.supervisor._child_start import ChildStartFailure, start_spec
 from mailman.supervisor._clock import INFINITY, Clock, MonotonicClock
@@ -102,16 +106,6 @@ class _StartChild:
 @dataclass(slots=True)
 class _TerminateChild:
     pid: Pid
-
-
-@dataclass(slots=True)
-class _WhichChildren:
-    pass
-
-
-@dataclass(slots=True)
-class _CountChildren:
-    pass
 
 
 @dataclass(slots=True)
@@ -189,12 +183,17 @@ class DynamicSupervisor:
     @staticmethod
     async def which_children(supervisor: ServerRef) -> list[ChildInfo]:
         """Every child (id None), its pid or ``RESTARTING``."""
-        return await GenServer.call(supervisor, _WhichChildren(), INFINITY)  # type: ignore[no-any-return]
+        return await GenServer.call(supervisor, WhichChildrenRequest(), INFINITY)  # type: ignore[no-any-return]
 
     @staticmethod
     async def count_children(supervisor: ServerRef) -> ChildCounts:
         """``specs`` counts restarting children, ``active`` does not."""
-        return await GenServer.call(supervisor, _CountChildren(), INFINITY)  # type: ignore[no-any-return]
+        return await GenServer.call(supervisor, CountChildrenRequest(), INFINITY)  # type: ignore[no-any-return]
+
+    @staticmethod
+    async def describe(supervisor: ServerRef) -> SupervisorInfo:
+        """Strategy (always one_for_one), intensity, restarts in the window, and children."""
+        return await GenServer.call(supervisor, DescribeRequest(), INFINITY)  # type: ignore[no-any-return]
 
     @staticmethod
     async def stop(supervisor: ServerRef, reason: ExitReason = NORMAL, timeout: float = INFINITY) -> None:
@@ -230,14 +229,19 @@ class _DynamicSupervisorServer(GenServer[_State]):
                 return Reply(await self._start_child(state, spec), state)
             case _TerminateChild(pid):
                 return Reply(await self._terminate_child(state, pid), state)
-            case _WhichChildren():
-                rows = [
-                    ChildInfo(None, RESTARTING if c.restarting else pid, c.spec.type)
-                    for pid, c in state.children.items()
-                ]
-                return Reply(rows, state)
-            case _CountChildren():
+            case WhichChildrenRequest():
+                return Reply(_rows(state), state)
+            case CountChildrenRequest():
                 return Reply(_count(state.children), state)
+            case DescribeRequest():
+                info = SupervisorInfo(
+                    strategy="one_for_one",
+                    max_restarts=state.spec.max_restarts,
+                    max_seconds=state.spec.max_seconds,
+                    restarts=len(state.intensity),
+                    children=tuple(_rows(state)),
+                )
+                return Reply(info, state)
         raise ValueError(f"unexpected dynamic supervisor request {request!r}")
 
     async def handle_info(self, message: Any, state: _State) -> NoReply[_State] | Stop[_State]:
@@ -344,6 +348,12 @@ class _DynamicSupervisorServer(GenServer[_State]):
         metadata: dict[str, Any] = {"supervisor": self._me(), "id": None, "pid": pid}
         metadata.update(extra)
         _events.execute(event, metadata)
+
+
+def _rows(state: _State) -> list[ChildInfo]:
+    return [
+        ChildInfo(None, RESTARTING if c.restarting else pid, c.spec.type) for pid, c in state.children.items()
+    ]
 
 
 def _count(children: dict[Pid, _DynamicChild]) -> ChildCounts:

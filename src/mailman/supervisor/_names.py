@@ -28,7 +28,7 @@ from mailman.supervisor._exceptions import NoProcessError
 from mailman.supervisor._exit_reason import ExitReason
 from mailman.supervisor._process import ExitHook, Pid, Process
 
-__all__ = ["Name", "ServerRef", "Via", "ViaModule", "register", "unregister", "whereis"]
+__all__ = ["Name", "ServerRef", "Via", "ViaModule", "register", "registered_name", "unregister", "whereis"]
 
 
 class ViaModule(Protocol):
@@ -132,6 +132,14 @@ def whereis(name: Name) -> Pid | None:
     if process is None or process.reason is not None:
         return None
     return process.pid
+
+
+def registered_name(pid: Pid) -> str | None:
+    """The local name ``pid`` is registered under, if any (``Process.info(pid, :registered_name)``)."""
+    for name, process in _table().items():
+        if process.pid is pid and process.reason is None:
+            return name
+    return None
 
 
 def resolve(server: ServerRef) -> Process:

@@ -80,7 +80,11 @@ from mailman.supervisor._child_spec import (
     ChildInfo,
     ChildSpec,
     ChildType,
+    CountChildrenRequest,
+    DescribeRequest,
     Restart,
+    SupervisorInfo,
+    WhichChildrenRequest,
 )
 from mailman.supervisor._child_start import ChildStartFailure, start_spec
 from mailman.supervisor._clock import INFINITY, Clock, MonotonicClock
@@ -193,16 +197,6 @@ class _DeleteChild:
 
 
 @dataclass(frozen=True, slots=True)
-class _WhichChildren:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _CountChildren:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
 class _GetChildSpec:
     id: Hashable
 
@@ -300,12 +294,17 @@ class Supervisor:
     @staticmethod
     async def which_children(supervisor: ServerRef) -> list[ChildInfo]:
         """Every child, most recently started first (OTP's termination order)."""
-        return await GenServer.call(supervisor, _WhichChildren(), INFINITY)  # type: ignore[no-any-return]
+        return await GenServer.call(supervisor, WhichChildrenRequest(), INFINITY)  # type: ignore[no-any-return]
 
     @staticmethod
     async def count_children(supervisor: ServerRef) -> ChildCounts:
         """How many specs, how many running, how many supervisors and workers."""
-        return await GenServer.call(supervisor, _CountChildren(), INFINITY)  # type: ignore[no-any-return]
+        return await GenServer.call(supervisor, CountChildrenRequest(), INFINITY)  # type: ignore[no-any-return]
+
+    @staticmethod
+    async def describe(supervisor: ServerRef) -> SupervisorInfo:
+        """Strategy, intensity, restarts in the current window and children, of any supervisor."""
+        return await GenServer.call(supervisor, DescribeRequest(), INFINITY)  # type: ignore[no-any-return]
 
     @staticmethod
     async def get_childspec(supervisor: ServerRef, child_id: Hashable) -> ChildSpec:
@@ -366,14 +365,19 @@ class _SupervisorServer(GenServer[_State]):
                 return Reply(await self._restart_child(state, child_id), state)
             case _DeleteChild(child_id):
                 return Reply(self._delete_child(state, child_id), state)
-            case _WhichChildren():
-                rows = [
-                    ChildInfo(c.id, RESTARTING if c.restarting else c.pid, c.spec.type)
-                    for c in reversed(state.children)
-                ]
-                return Reply(rows, state)
-            case _CountChildren():
+            case WhichChildrenRequest():
+                return Reply(_rows(state), state)
+            case CountChildrenRequest():
                 return Reply(_count(state.children), state)
+            case DescribeRequest():
+                info = SupervisorInfo(
+                    strategy=state.spec.strategy.value,
+                    max_restarts=state.spec.max_restarts,
+                    max_seconds=state.spec.max_seconds,
+                    restarts=len(state.intensity),
+                    children=tuple(_rows(state)),
+                )
+                return Reply(info, state)
             case _GetChildSpec(child_id):
                 child = state.by_id.get(child_id)
                 return Reply(child.spec if child else _Failed(ChildNotFoundError(child_id)), state)
@@ -577,6 +581,12 @@ class _SupervisorServer(GenServer[_State]):
         metadata: dict[str, Any] = {"supervisor": self._me(), "id": child.id, "pid": child.pid}
         metadata.update(extra)
         _events.execute(event, metadata)
+
+
+def _rows(state: _State) -> list[ChildInfo]:
+    return [
+        ChildInfo(c.id, RESTARTING if c.restarting else c.pid, c.spec.type) for c in reversed(state.children)
+    ]
 
 
 def _count(children: list[_Child]) -> ChildCounts:
