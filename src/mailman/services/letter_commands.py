@@ -40,8 +40,14 @@ async def send_letter(
     letter = await letters.get_letter(pool, letter_id)
     match letter.status:
         case LetterStatus.DRAFT | LetterStatus.SCHEDULED:
-            await LetterDeliveryDispatcher.deliver(context, letter_id, recipients)
-            message = "sending started"
+            # Fix the audience here, in one transaction, so that the answer is definite: the letter
+            # is sending, to this many recipients (the service would do it too, if started alone).
+            audience = await deliveries.fix_audience(pool, letter_id, subscription_ids=recipients)
+            await LetterDeliveryDispatcher.deliver(context, letter_id)
+            if audience.fixed_now:
+                message = f"sending started to {audience.size} recipients"
+            else:
+                message = f"already {audience.status}: joined"
         case LetterStatus.SENDING:
             joined = LetterDeliveryDispatcher.running(context, letter_id) is not None
             await LetterDeliveryDispatcher.deliver(context, letter_id)

@@ -35,6 +35,7 @@ from mailman.services.mailer import (
     DEFAULT_MAX_MESSAGES_PER_CONNECTION,
     DEFAULT_POOL_SIZE,
     SmtpPool,
+    SmtpUrl,
     parse_smtp_url,
 )
 from mailman.services.rate_limit import Sleep, TokenBucket
@@ -47,8 +48,9 @@ __all__ = ["Mailer", "MailerConfig", "MailerSettings"]
 class MailerConfig:
     """How the Mailer reaches the relay and how hard it may push it. Checked when created."""
 
-    url: str
-    """An ``smtp://``, ``smtp+starttls://`` or ``smtps://`` URL (see ``parse_smtp_url``)."""
+    url: str | SmtpUrl
+    """An ``smtp://``, ``smtp+starttls://`` or ``smtps://`` URL (see ``parse_smtp_url``), or one parsed
+    already (a parsed one keeps its password, which its ``str`` hides)."""
     pool_size: int = DEFAULT_POOL_SIZE
     max_messages_per_connection: int = DEFAULT_MAX_MESSAGES_PER_CONNECTION
     rate: float = math.inf
@@ -69,7 +71,8 @@ class MailerConfig:
     sleep: Sleep | None = None
 
     def __post_init__(self) -> None:
-        parse_smtp_url(self.url)  # a bad URL fails here, where the configuration is written
+        if not isinstance(self.url, SmtpUrl):
+            parse_smtp_url(self.url)  # a bad URL fails here, where the configuration is written
         TokenBucket(self.rate, self.burst)
         for name in ("pool_size", "max_messages_per_connection"):
             value = getattr(self, name)

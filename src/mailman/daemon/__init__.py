@@ -1,0 +1,1 @@
+"""The mailman daemon: configuration, embedded defaults, the tree, the RPC handlers, signals."""

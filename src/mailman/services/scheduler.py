@@ -1,0 +1,110 @@
+"""Scheduler: boot recovery ("start lost children") and letters due later.
+
+A GenServer started after the dispatcher. At start (in ``handle_continue``, so that the tree's
+start is not held up) it resumes every letter a previous run left ``sending``: their services were
+lost with that run, and their deliveries map in Postgres says where each one stopped. Then, every
+``poll_interval`` seconds (and at once when :meth:`Scheduler.wake` is cast), it starts the letters
+whose ``send_at`` has come; a letter due while the daemon was down is sent at the first tick after
+it starts again (catching up).
+
+Example::
+
+    await Scheduler.start_link(SchedulerArgs(context=context), name="mailman.scheduler")
+    Scheduler.wake("mailman.scheduler")     # a letter was just scheduled
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from mailman.services import letter_commands
+from mailman.services.delivery_context import DeliveryContext
+from mailman.services.letter_delivery_dispatcher import LetterDeliveryDispatcher
+from mailman.services.queries import letters
+from mailman.services.repo import Repo
+from mailman.supervisor import (
+    GenServer,
+    Init,
+    NoReply,
+    ServerRef,
+    TimerRef,
+    cancel_timer,
+    self_pid,
+    send_after,
+)
+
+__all__ = ["Scheduler", "SchedulerArgs"]
+
+_log = structlog.get_logger("mailman.scheduler")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulerArgs:
+    context: DeliveryContext
+    poll_interval: float = 1.0
+
+
+class _Tick:
+    __slots__ = ()
+
+
+class _Wake:
+    __slots__ = ()
+
+
+@dataclass(slots=True)
+class _State:
+    args: SchedulerArgs
+    timer: TimerRef | None = None
+    started: list[int] = field(default_factory=list)
+
+
+class Scheduler(GenServer[_State]):
+    """Resumes lost letters at boot; sends scheduled letters when due."""
+
+    @staticmethod
+    def wake(server: ServerRef) -> None:
+        """Look for due letters now rather than at the next tick."""
+        GenServer.cast(server, _Wake())
+
+    async def init(self, arg: SchedulerArgs) -> Init[_State]:
+        return Init(_State(args=arg), continue_with="boot")
+
+    async def handle_continue(self, arg: Any, state: _State) -> NoReply[_State]:
+        context = state.args.context
+        pool = await Repo.pool(context.repo)
+        lost = await letters.letters_left_sending(pool)
+        for letter in lost:
+            await LetterDeliveryDispatcher.deliver(context, letter.id)
+        if lost:
+            _log.info("resumed letters left sending", letters=[letter.id for letter in lost])
+        await self._send_due(state)
+        return NoReply(state)
+
+    async def handle_info(self, message: Any, state: _State) -> NoReply[_State]:
+        if isinstance(message, _Tick):
+            state.timer = None
+            await self._send_due(state)
+            return NoReply(state)
+        return await super().handle_info(message, state)  # type: ignore[return-value]
+
+    async def handle_cast(self, request: Any, state: _State) -> NoReply[_State]:
+        if isinstance(request, _Wake):
+            if state.timer is not None:
+                cancel_timer(state.timer)
+                state.timer = None
+            await self._send_due(state)
+            return NoReply(state)
+        raise ValueError(f"unexpected cast {request!r}")
+
+    async def _send_due(self, state: _State) -> None:
+        context = state.args.context
+        pool = await Repo.pool(context.repo)
+        for letter in await letters.letters_due(pool):
+            await letter_commands.send_letter(context, letter.id)
+            state.started.append(letter.id)
+            _log.info("scheduled letter due", letter_id=letter.id, send_at=str(letter.send_at))
+        state.timer = send_after(self_pid(), _Tick(), state.args.poll_interval)
