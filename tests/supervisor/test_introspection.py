@@ -23,12 +23,13 @@ class TestDescribe:
                 clock=clock,
             )
         )
-        (b, a) = await otp.Supervisor.which_children(sup)
+        (b, _a) = await otp.Supervisor.which_children(sup)
         assert isinstance(b.pid, otp.Pid)
         otp.exit(b.pid, otp.KILL)
         await otp.await_exit(b.pid)  # its EXIT is now in the supervisor's mailbox, ahead of our call
         info = await otp.Supervisor.describe(sup)
-        assert (info.strategy, info.max_restarts, info.max_seconds, info.restarts) == ("rest_for_one", 7, 30, 1)
+        flags = (info.strategy, info.max_restarts, info.max_seconds, info.restarts)
+        assert flags == ("rest_for_one", 7, 30, 1)
         assert [child.id for child in info.children] == ["b", "a"]
         await otp.Supervisor.stop(sup)
 
