@@ -13,11 +13,16 @@ In order:
 5. on SIGTERM / SIGINT: the tree stops in reverse start order, each child within its shutdown
    time; every letter's service flushes its deliveries map; then the embedded services stop.
    Exit code 0. If the tree itself dies (its restart intensity ran out), exit code 1.
+
+Before all of it, a daemon already answering on the socket makes the start refuse
+(:class:`DaemonAlreadyRunningError`) before it touches the database. A SIGTERM or SIGINT during the
+start stops the daemon gracefully as soon as the start is done; a second one ends it at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -43,15 +48,30 @@ from mailman.services.retry_policy import RetryPolicy
 from mailman.services.scheduler import Scheduler, SchedulerArgs
 from mailman.supervisor import Pid, Supervisor, await_exit, is_alive
 
-__all__ = ["Daemon", "NotMigratedError", "RunningDaemon", "serve"]
+__all__ = ["Daemon", "DaemonAlreadyRunningError", "NotMigratedError", "RunningDaemon", "serve"]
 
 _log = structlog.get_logger("mailman.daemon")
 
 APPLICATION = "mailman.application"
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_PROBE_TIMEOUT = 2.0
+"""Seconds to wait for another daemon to accept a connection on the socket."""
+
 
 class NotMigratedError(MailmanError):
     """The database lacks migrations and the daemon was told not to apply them."""
+
+
+class DaemonAlreadyRunningError(MailmanError):
+    """Another daemon answers on the socket this one was told to use."""
+
+    def __init__(self, socket: Path) -> None:
+        super().__init__(
+            f"another mailman is already running on {socket}; stop it first, or give this one "
+            "another MAILMAN_SOCKET"
+        )
+        self.socket = socket
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +108,7 @@ class Daemon:
 
     async def _start(self, data_dir: Path) -> RunningDaemon:
         settings = self.settings
+        await _refuse_if_running(settings.socket)
         if settings.database_url is None:
             self._postgres = EmbeddedPostgres(data_dir)
             database_url = await self._postgres.start()
@@ -183,6 +204,25 @@ class Daemon:
             self._postgres = None
 
 
+async def _refuse_if_running(socket: Path) -> None:
+    """Raise :class:`DaemonAlreadyRunningError` if a daemon accepts connections on ``socket``.
+
+    The RpcServer makes the same check when it starts, but it starts last: by then the Scheduler
+    has begun resuming the letters left ``sending``, which the other daemon is sending. Asking first
+    keeps a second daemon from touching anything. (Two daemons starting at the same instant can both
+    pass; the RpcServer's bind then stops one of them.)
+    """
+    try:
+        async with asyncio.timeout(_PROBE_TIMEOUT):
+            _reader, writer = await asyncio.open_unix_connection(socket)
+    except (OSError, TimeoutError):
+        return  # nobody accepts there (or a leftover file): the RpcServer claims or reports the path
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    raise DaemonAlreadyRunningError(socket)
+
+
 async def serve(
     settings: Settings,
     *,
@@ -192,12 +232,24 @@ async def serve(
     """Run the daemon until SIGTERM/SIGINT (exit code 0) or until its tree dies (exit code 1)."""
     configure_logging(settings.log_format, settings.log_level)
     daemon = Daemon(settings, apply_migrations=apply_migrations)
-    running = await daemon.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+
+    def stop_after_start() -> None:
+        stop.set()
+        # A second signal before the start is done ends the process at once, as without a handler.
+        for signum in _STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+
+    # Installed before the start: the tree may be sending before the start returns (the Scheduler
+    # resumes letters as it starts), so a SIGTERM then must not be the default action, an exit with
+    # letters unflushed, but a graceful stop as soon as the start is done.
+    for signum in _STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop_after_start)
     try:
+        running = await daemon.start()
+        for signum in _STOP_SIGNALS:
+            loop.add_signal_handler(signum, stop.set)
         if on_ready is not None:
             await on_ready(running)
         tree_down = asyncio.ensure_future(await_exit(running.tree))
@@ -214,5 +266,5 @@ async def serve(
         _log.info("mailman stopped")
         return 0
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in _STOP_SIGNALS:
             loop.remove_signal_handler(signum)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailman.supervisor import (
+    CallExitError,
     ChildType,
     NoProcessError,
     Pid,
@@ -37,7 +38,9 @@ async def _describe(pid: Pid | None, child_id: str, kind: ChildType) -> dict[str
         return node
     try:
         info: SupervisorInfo = await Supervisor.describe(pid)
-    except NoProcessError:
+    except (NoProcessError, CallExitError):
+        # It ended between its parent's listing and this question: a letter's supervisor stops
+        # itself once its letter is sent. The tree is a snapshot; the snapshot shows it gone.
         node["pid"] = None
         return node
     node.update(
