@@ -3,14 +3,25 @@
 ``engine`` starts the :class:`Application` tree (Repo, letters Registry, Mailer, task supervisor,
 dispatcher) on the test's database and the ``smtp_sink``, and gives the test an :class:`Engine`
 with helpers to create a newsletter, subscribers and a letter, and to wait for a letter's end.
+
+``engine_factory`` does the same with :class:`~mailman.services.delivery_context.DeliverySettings`
+overrides (``await engine_factory(flush_interval=60.0)``); an :class:`Engine` can also be stopped
+and started again (:meth:`Engine.stop`, :meth:`Engine.start`): a new tree on the same database, as
+a daemon restart would give. Every tree still running is stopped after the test.
+
+Synchronisation helpers, since tests never sleep to wait for something: :func:`eventually` polls a
+condition (usually Postgres state) with a deadline; :func:`hold_replies` freezes the SMTP side with
+held end-of-DATA replies, so that a test acts while a known set of messages is in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from email import message_from_bytes
+from typing import Any, Protocol
 
 import asyncpg
 import pytest
@@ -20,23 +31,40 @@ from mailman.services.application import Application, ApplicationConfig
 from mailman.services.delivery_context import DeliveryContext, DeliverySettings
 from mailman.services.letter_delivery_dispatcher import LetterDeliveryDispatcher
 from mailman.services.mailer_server import MailerConfig
-from mailman.services.models import Letter, LetterStatus, NewSubscriber
+from mailman.services.models import Letter, LetterStatus, NewSubscriber, UncertainPolicy
 from mailman.services.queries import letters, newsletters, subscriptions
 from mailman.services.retry_policy import RetryPolicy
-from mailman.supervisor import Pid, Supervisor, await_exit
-from tests.services.smtp_sink import SmtpSink
+from mailman.supervisor import Pid, Supervisor, await_exit, is_alive
+from tests.services.smtp_sink import Hold, ReceivedMessage, SmtpSink
 
 FAST_RETRY = RetryPolicy(max_attempts=5, base_delay=0.0, max_delay=0.0)
+POOL_SIZE = 8
+"""SMTP connections of the test Mailer: at most this many messages are on the wire at once."""
 
 
 @dataclass
 class Engine:
-    tree: Pid
+    tree: Pid | None
     pool: asyncpg.Pool[asyncpg.Record]
-    context: DeliveryContext
+    config: ApplicationConfig
     sink: SmtpSink
     newsletter_id: int = 0
     subscription_ids: list[int] = field(default_factory=list)
+
+    @property
+    def context(self) -> DeliveryContext:
+        return self.config.context
+
+    async def start(self) -> Pid:
+        """Start a new Application tree on the same database and sink (after :meth:`stop`)."""
+        assert self.tree is None or not is_alive(self.tree), "the tree is still running"
+        self.tree = await Application.start_link(self.config)
+        return self.tree
+
+    async def stop(self) -> None:
+        """Stop the tree gracefully (as the daemon does on SIGTERM)."""
+        if self.tree is not None and is_alive(self.tree):
+            await Supervisor.stop(self.tree)
 
     async def newsletter(self, subscribers: int, *, domain: str = "example.com") -> list[int]:
         _, newsletter = await newsletters.create_user_with_newsletter(
@@ -47,28 +75,46 @@ class Engine:
             unsubscribe_url_template="https://example.com/unsubscribe/{token}",
         )
         self.newsletter_id = newsletter.id
-        await subscriptions.add_subscribers(
-            self.pool,
-            newsletter.id,
-            [NewSubscriber(email=f"reader{i}@{domain}", name=f"Reader {i}") for i in range(subscribers)],
-        )
-        rows = await self.pool.fetch(
-            "SELECT id FROM subscriptions WHERE newsletter_id = $1 ORDER BY id", newsletter.id
-        )
-        self.subscription_ids = [row["id"] for row in rows]
+        await self.subscribe(subscribers, domain=domain)
         return self.subscription_ids
 
-    async def letter(self, subject: str = "Hello") -> Letter:
+    async def subscribe(self, count: int, *, domain: str = "example.com", first: int = 0) -> list[int]:
+        """Add ``count`` subscribers ``reader{first}@domain``...; their subscription ids."""
+        before = set(self.subscription_ids)
+        await subscriptions.add_subscribers(
+            self.pool,
+            self.newsletter_id,
+            [
+                NewSubscriber(email=f"reader{i}@{domain}", name=f"Reader {i}")
+                for i in range(first, first + count)
+            ],
+        )
+        rows = await self.pool.fetch(
+            "SELECT id FROM subscriptions WHERE newsletter_id = $1 ORDER BY id", self.newsletter_id
+        )
+        self.subscription_ids = [row["id"] for row in rows]
+        return [i for i in self.subscription_ids if i not in before]
+
+    async def letter(
+        self, subject: str = "Hello", *, uncertain_policy: UncertainPolicy = UncertainPolicy.RESEND
+    ) -> Letter:
         return await letters.create_letter(
             self.pool,
             newsletter_id=self.newsletter_id,
             subject=subject,
             text_body="Dear {{ name }},\nthe news.\nUnsubscribe: {{ unsubscribe_url }}\n",
             html_body="<p>Dear {{ name }},</p><p>the news.</p>",
+            uncertain_policy=uncertain_policy,
         )
 
     async def send(self, letter_id: int, recipients: tuple[int, ...] | None = None) -> dict[str, Any]:
         return await letter_commands.send_letter(self.context, letter_id, recipients)
+
+    def service(self, letter_id: int) -> Pid:
+        """The LetterDeliveryService sending the letter (it must be running)."""
+        pid = LetterDeliveryDispatcher.running(self.context, letter_id)
+        assert pid is not None, f"no service is sending letter {letter_id}"
+        return pid
 
     async def wait_until_done(self, letter_id: int, timeout: float = 60.0) -> Letter:
         """Wait until nobody is sending the letter any more; the letter as it then is."""
@@ -86,6 +132,59 @@ class Engine:
                 letter = await letters.get_letter(self.pool, letter_id)
         return letter
 
+    async def delivery_states(self, letter_id: int) -> dict[int, tuple[str, int, str | None]]:
+        """subscription id -> (state, attempts, last_error) of every delivery of the letter."""
+        rows = await self.pool.fetch(
+            "SELECT subscription_id, state, attempts, last_error FROM deliveries WHERE letter_id = $1",
+            letter_id,
+        )
+        return {row["subscription_id"]: (row["state"], row["attempts"], row["last_error"]) for row in rows}
+
+    async def emails(self) -> dict[int, str]:
+        """subscription id -> address, for the newsletter's subscribers."""
+        rows = await self.pool.fetch(
+            "SELECT id, email FROM subscriptions WHERE newsletter_id = $1", self.newsletter_id
+        )
+        return {row["id"]: row["email"] for row in rows}
+
+
+def received(sink: SmtpSink) -> Counter[str]:
+    """How many messages each address received."""
+    return Counter(message.rcpt_tos[0] for message in sink.messages)
+
+
+def message_ids(messages: list[ReceivedMessage]) -> dict[str, set[str]]:
+    """address -> the Message-IDs of every message it received."""
+    ids: dict[str, set[str]] = {}
+    for message in messages:
+        ids.setdefault(message.rcpt_tos[0], set()).add(str(message_from_bytes(message.data)["Message-ID"]))
+    return ids
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, interval: float = 0.005
+) -> None:
+    """Poll ``check`` (a read of Postgres or of a process) until it holds; fail after ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(interval)
+
+
+async def hold_replies(sink: SmtpSink, count: int = POOL_SIZE, timeout: float = 10.0) -> list[Hold]:
+    """Hold the next ``count`` end-of-DATA replies and wait until all are held.
+
+    With ``count`` equal to the Mailer's pool size, every SMTP connection is then stuck waiting for
+    its verdict: nothing more is accepted until the holds are released (or the connections die), so
+    the test acts on a frozen, known set of messages in flight.
+    """
+    holds = [sink.hold("END") for _ in range(count)]
+    async with asyncio.timeout(timeout):
+        for hold in holds:
+            await hold.reached.wait()
+    return holds
+
 
 def engine_config(database_url: str, sink: SmtpSink, **settings: Any) -> ApplicationConfig:
     delivery = DeliverySettings(
@@ -93,16 +192,36 @@ def engine_config(database_url: str, sink: SmtpSink, **settings: Any) -> Applica
     )
     return ApplicationConfig(
         database_url=database_url,
-        mailer=MailerConfig(url=sink.url(), pool_size=8),
+        mailer=MailerConfig(url=sink.url(), pool_size=POOL_SIZE),
         context=DeliveryContext(settings=delivery),
     )
 
 
+class EngineFactory(Protocol):
+    async def __call__(self, **settings: Any) -> Engine: ...
+
+
 @pytest.fixture
-async def engine(
+async def engine_factory(
     database_url: str, pool: asyncpg.Pool[asyncpg.Record], smtp_sink: SmtpSink
-) -> AsyncIterator[Engine]:
-    config = engine_config(database_url, smtp_sink)
-    tree = await Application.start_link(config)
-    yield Engine(tree=tree, pool=pool, context=config.context, sink=smtp_sink)
-    await Supervisor.stop(tree)
+) -> AsyncIterator[EngineFactory]:
+    """Start engines with DeliverySettings overrides; every tree still running is stopped at the end."""
+    engines: list[Engine] = []
+
+    async def start(**settings: Any) -> Engine:
+        engine = Engine(
+            tree=None, pool=pool, config=engine_config(database_url, smtp_sink, **settings), sink=smtp_sink
+        )
+        engines.append(engine)
+        await engine.start()
+        return engine
+
+    yield start
+    smtp_sink.clear_faults()  # held replies go, so that no graceful stop waits for them
+    for engine in engines:
+        await engine.stop()
+
+
+@pytest.fixture
+async def engine(engine_factory: EngineFactory) -> Engine:
+    return await engine_factory()

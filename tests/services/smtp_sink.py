@@ -20,7 +20,8 @@ Faults, by command: ``"MAIL"``, ``"RCPT"``, ``"DATA"`` (the DATA command, before
   a 421 also closes the connection, as servers do.
 - ``fail_recipients(addresses, code)`` / ``fail_fraction(fraction, code)`` / ``user_unknown(...)``:
   answer RCPT for given addresses (or a deterministic fraction of all addresses, chosen by a hash
-  of the address) with a code, every time, until ``clear_faults()``.
+  of the address) with a code, every time, until ``clear_faults()``; with ``times=n``, only the
+  first ``n`` RCPTs of each such address (greylisting), then accept it.
 - ``drop(command, times=1)``: close the connection instead of answering. At ``"END"`` the message is
   stored first: the relay accepted it, and the client never hears so.
 - ``hold(command)``: the next reply to ``command`` waits for ``hold.release()``; ``hold.reached`` is
@@ -135,8 +136,10 @@ class SmtpSink:
         self._replies: dict[Command, list[_Reply]] = {}
         self._drops: dict[Command, int] = {}
         self._holds: dict[Command, list[Hold]] = {}
-        self._recipient_faults: dict[str, tuple[int, str]] = {}
-        self._fraction: tuple[float, int, str] | None = None
+        self._recipient_faults: dict[str, tuple[int, str, int | None]] = {}
+        self._fraction: tuple[float, int, str, int | None] | None = None
+        self._recipient_hits: dict[str, int] = {}
+        """RCPTs refused so far per address, for faults limited with ``times``."""
         self._servers: list[_Server] = []
 
     # ---------------------------------------------------------------- lifecycle
@@ -231,15 +234,21 @@ class SmtpSink:
         self._holds.setdefault(command, []).append(hold)
         return hold
 
-    def fail_recipients(self, addresses: Iterable[str], code: int = 451, text: str = "") -> None:
-        """Answer RCPT for each of ``addresses`` with ``code``, every time, until cleared."""
+    def fail_recipients(
+        self, addresses: Iterable[str], code: int = 451, text: str = "", *, times: int | None = None
+    ) -> None:
+        """Answer RCPT for each of ``addresses`` with ``code``, every time until cleared, or only the
+        first ``times`` RCPTs of each address."""
         text = text or f"{code // 100}.0.0 Injected fault"
         for address in addresses:
-            self._recipient_faults[address.lower()] = (code, text)
+            self._recipient_faults[address.lower()] = (code, text, times)
 
-    def fail_fraction(self, fraction: float, code: int = 451, text: str = "") -> None:
-        """Answer RCPT with ``code`` for about ``fraction`` of all addresses: those whose hash says so."""
-        self._fraction = (fraction, code, text or f"{code // 100}.0.0 Injected fault")
+    def fail_fraction(
+        self, fraction: float, code: int = 451, text: str = "", *, times: int | None = None
+    ) -> None:
+        """Answer RCPT with ``code`` for about ``fraction`` of all addresses: those whose hash says so;
+        with ``times``, only the first ``times`` RCPTs of each of them."""
+        self._fraction = (fraction, code, text or f"{code // 100}.0.0 Injected fault", times)
 
     @staticmethod
     def selected(address: str, fraction: float) -> bool:
@@ -250,13 +259,14 @@ class SmtpSink:
     def user_unknown(self, *addresses: str) -> None:
         """Answer RCPT for these addresses with ``550 5.1.1 ... User unknown``."""
         for address in addresses:
-            self._recipient_faults[address.lower()] = (550, f"5.1.1 <{address}>: User unknown")
+            self._recipient_faults[address.lower()] = (550, f"5.1.1 <{address}>: User unknown", None)
 
     def clear_faults(self) -> None:
         self._replies.clear()
         self._drops.clear()
         self._recipient_faults.clear()
         self._fraction = None
+        self._recipient_hits.clear()
         for holds in self._holds.values():
             for hold in holds:
                 hold.release()
@@ -295,10 +305,14 @@ class SmtpSink:
             return f"{planned.code} {planned.text}"
         if command == "RCPT" and address is not None:
             fault = self._recipient_faults.get(address.lower())
+            if fault is None and self._fraction is not None and self.selected(address, self._fraction[0]):
+                fault = self._fraction[1:]
             if fault is not None:
-                return f"{fault[0]} {fault[1]}"
-            if self._fraction is not None and self.selected(address, self._fraction[0]):
-                return f"{self._fraction[1]} {self._fraction[2]}"
+                code, text, times = fault
+                hits = self._recipient_hits.get(address.lower(), 0)
+                if times is None or hits < times:
+                    self._recipient_hits[address.lower()] = hits + 1
+                    return f"{code} {text}"
         return None
 
     @staticmethod

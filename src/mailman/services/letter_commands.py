@@ -21,7 +21,7 @@ from mailman.services.letter_delivery_service import LetterDeliveryService
 from mailman.services.models import LetterStatus
 from mailman.services.queries import deliveries, letters
 from mailman.services.repo import Repo
-from mailman.supervisor import CallExitError, NoProcessError
+from mailman.supervisor import CallExitError, NoProcessError, await_exit
 
 __all__ = ["cancel_letter", "letter_status", "pause_letter", "resume_letter", "retry_failed", "send_letter"]
 
@@ -135,9 +135,14 @@ async def _stop_as(context: DeliveryContext, letter_id: int, status: LetterStatu
                 await LetterDeliveryService.pause(service)
             else:
                 await LetterDeliveryService.cancel(service)
-            return
         except (NoProcessError, CallExitError):
             pass  # it ended meanwhile: settle it in Postgres below
+        else:
+            # The reply comes before the service has stopped (it still runs terminate and holds
+            # its name in the Registry): wait for its end, so that the answer says it is not
+            # running and a resume right after starts a new service instead of joining this one.
+            await await_exit(service)
+            return
     pool = await Repo.pool(context.repo)
     allowed = [LetterStatus.SENDING, LetterStatus.PAUSED]
     if status is LetterStatus.CANCELLED:

@@ -205,7 +205,9 @@ class LetterDeliveryService(GenServer[_State]):
             case _:
                 _log.info("letter needs no sending", letter_id=state.letter_id, status=str(letter.status))
                 return Stop(NORMAL, state)
-        letter = await letters.update_mail_order(pool, state.letter_id, {"running": True})
+        # last_crash is cleared: if this incarnation is killed, its successor must not blame the
+        # crash of an earlier one.
+        letter = await letters.update_mail_order(pool, state.letter_id, {"running": True, "last_crash": None})
         newsletter = await newsletters.get_newsletter(pool, letter.newsletter_id)
         state.letter = letter
         state.template = LetterTemplate.render(
@@ -295,15 +297,25 @@ class LetterDeliveryService(GenServer[_State]):
         limit = state.args.context.settings.max_letter_restarts
         if restarts > limit:
             last = order.get("last_crash")
-            reason = f"the letter's sender crashed {restarts} times (limit {limit}); last: {last}"
+            # A kill leaves no trace (terminate does not run): say so rather than print "None".
+            cause = f"last: {last}" if last else "the last one was killed without a trace"
+            reason = f"the letter's sender crashed {restarts} times (limit {limit}); {cause}"
             async with transaction(state.pool) as connection:
                 await letters.set_letter_status(
                     connection, state.letter_id, LetterStatus.FAILED, expected=LetterStatus.SENDING
                 )
+                # Nobody sends the rows the last incarnation left sending: report them uncertain
+                # rather than leave a failed letter with recipients "sending" for ever.
+                uncertain = await deliveries.mark_sending_uncertain(connection, state.letter_id)
                 await letters.update_mail_order(
                     connection,
                     state.letter_id,
-                    {"running": False, "restarts": restarts, "failure_reason": reason},
+                    {
+                        "running": False,
+                        "restarts": restarts,
+                        "failure_reason": reason,
+                        "uncertain_found": uncertain,
+                    },
                 )
             _log.error("letter failed", letter_id=state.letter_id, reason=reason)
             return False
@@ -426,24 +438,26 @@ class _Driver:
 
 
 async def _drive(driver: _Driver) -> None:
-    """The driver process: claim recipients, run their tasks, report every verdict to the service."""
+    """The driver process: claim recipients, run their tasks, report every verdict to the service.
+
+    Every wait (the breaker open, or nothing due yet) happens *between* streams, never inside the
+    stream's input: a stream pulls its input before it hands out finished results, so an input
+    that waits would hold the verdicts of the tasks in flight back (unflushed, and lost by a kill)
+    for as long as the breaker stays open. The waits also end at once when the service drains.
+    """
     service, context, letter_id, pool = driver.service, driver.context, driver.letter_id, driver.pool
     task, drain = driver.task, driver.drain
     settings = context.settings
     breaker = CircuitBreaker(base_delay=settings.breaker_base_delay, max_delay=settings.breaker_max_delay)
 
-    async def claimed() -> AsyncIterator[ClaimedRecipient]:
-        while not drain.is_set():
-            await breaker.wait_until_allowed()
-            if drain.is_set():
-                return
-            batch = await deliveries.claim_recipients(pool, letter_id, limit=settings.claim_batch)
-            if not batch:
-                due_in = await deliveries.next_due_in(pool, letter_id)
-                if due_in is None:
-                    return  # nothing pending in Postgres: the service decides if the letter is done
-                await _wait(drain, min(max(due_in, 0.01), settings.idle_poll))
-                continue
+    async def claim() -> list[ClaimedRecipient]:
+        batch = await deliveries.claim_recipients(pool, letter_id, limit=settings.claim_batch)
+        if not batch:
+            breaker.release_probe()  # nothing was sent: a probe taken for this claim proves nothing
+        return batch
+
+    async def claimed(batch: list[ClaimedRecipient]) -> AsyncIterator[ClaimedRecipient]:
+        while batch:
             for index, recipient in enumerate(batch):
                 if drain.is_set():
                     # Claimed but never sent: give them back untouched (attempt returned).
@@ -451,32 +465,72 @@ async def _drive(driver: _Driver) -> None:
                         send(service, RecipientDone(_released(unsent)))
                     return
                 yield recipient
+            # Claim on without a pause while the relay is trusted; anything else ends this stream.
+            if drain.is_set() or not breaker.allow_request():
+                return
+            batch = await claim()
 
-    stream = TaskSupervisor.async_stream_nolink(
-        context.tasks,
-        claimed(),
-        task,
-        max_concurrency=settings.concurrency,
-        ordered=False,
-        timeout=settings.task_timeout,
-        on_timeout=OnTimeout.KILL_TASK,
-        zip_input_on_exit=True,
-    )
-    async for result in stream:
-        match result:
-            case Ok(value=verdict):
-                pass
-            case Exit(reason=(recipient, reason)):
-                verdict = settings.retry.transient(
-                    recipient.claim, f"recipient task exited: {reason}", task.rng
-                )
-            case _:
-                raise AssertionError(f"unexpected stream result {result!r}")
-        if verdict.transport_fault:
-            breaker.record_failure()
-        else:
-            breaker.record_success()
-        send(service, RecipientDone(verdict))
+    while not drain.is_set():
+        if not await _until_allowed(breaker, drain):
+            return
+        batch = await claim()
+        if not batch:
+            due_in = await deliveries.next_due_in(pool, letter_id)
+            if due_in is None:
+                return  # nothing pending in Postgres: the service decides if the letter is done
+            await _wait(drain, min(max(due_in, 0.01), settings.idle_poll))
+            continue
+        stream = TaskSupervisor.async_stream_nolink(
+            context.tasks,
+            claimed(batch),
+            task,
+            max_concurrency=settings.concurrency,
+            ordered=False,
+            timeout=settings.task_timeout,
+            on_timeout=OnTimeout.KILL_TASK,
+            zip_input_on_exit=True,
+        )
+        async for result in stream:
+            match result:
+                case Ok(value=verdict):
+                    pass
+                case Exit(reason=(recipient, reason)):
+                    verdict = settings.retry.transient(
+                        recipient.claim, f"recipient task exited: {reason}", task.rng
+                    )
+                case _:
+                    raise AssertionError(f"unexpected stream result {result!r}")
+            if verdict.transport_fault:
+                breaker.record_failure()
+            else:
+                breaker.record_success()
+            send(service, RecipientDone(verdict))
+
+
+async def _until_allowed(breaker: CircuitBreaker, drain: asyncio.Event) -> bool:
+    """Wait until the breaker lets a claim through (True), or until told to drain (False).
+
+    A pause or a stop must not wait for an open breaker (up to ``breaker_max_delay``), so the wait
+    races the drain event. True means this caller may hold the half-open probe.
+    """
+    if breaker.allow_request():
+        return True
+    allowed = asyncio.ensure_future(breaker.wait_until_allowed())
+    drained = asyncio.ensure_future(drain.wait())
+    try:
+        await asyncio.wait((allowed, drained), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        drained.cancel()
+        if not allowed.done():
+            allowed.cancel()
+            await asyncio.wait((allowed,))
+    if allowed.cancelled():
+        return False
+    allowed.result()
+    if drain.is_set():
+        breaker.release_probe()
+        return False
+    return True
 
 
 def _released(recipient: ClaimedRecipient) -> RecipientVerdict:

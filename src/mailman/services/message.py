@@ -57,6 +57,7 @@ import binascii
 import hashlib
 import html
 import re
+import time
 import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -140,10 +141,27 @@ def normalize_display_name(name: str | None) -> str:
     """
     if not name:
         return ""
-    cleaned = "".join(
-        " " if unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp") else char for char in name
-    )
+    if name.isascii() and name.isprintable():
+        cleaned = name  # the common case: no control characters (the only ones of these in ASCII)
+    else:
+        cleaned = "".join(
+            " " if unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp") else char for char in name
+        )
     return " ".join(cleaned.split())[:MAX_NAME_LENGTH].rstrip()
+
+
+# The Date header of "now", formatted once per second rather than once per recipient: (second, text).
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def _date_now() -> str:
+    global _date_cache
+    second = int(time.time())
+    cached_second, text = _date_cache
+    if second != cached_second:
+        text = format_datetime(datetime.fromtimestamp(second, UTC))
+        _date_cache = (second, text)
+    return text
 
 
 def _check_id(value: int, field: str) -> None:
@@ -479,18 +497,18 @@ class LetterTemplate:
             unsubscribe_token=unsubscribe_token, subscription_id=subscription_id, letter_id=letter_id
         )
         if date is None:
-            date = datetime.now(UTC)
+            date_header = _date_now()
         elif date.tzinfo is None:
             raise RecipientError(f"expected a timezone-aware date, got {date!r}", field="date")
+        else:
+            date_header = format_datetime(date)
         display_name = normalize_display_name(name)
         values = {"name": display_name, "email": email, "unsubscribe_url": url}
         opening, middle, closing = self._body
         parts = [
             self._head,
             _to_header(display_name, email),
-            f"Date: {format_datetime(date)}\r\nMessage-ID: {msgid}\r\nList-Unsubscribe: <{url}>\r\n".encode(
-                "ascii"
-            ),
+            f"Date: {date_header}\r\nMessage-ID: {msgid}\r\nList-Unsubscribe: <{url}>\r\n".encode("ascii"),
             opening,
             self._text.encode(values),
         ]

@@ -141,10 +141,14 @@ WHERE letter_id = $1 AND state = 'pending'
 # --- Claim and acknowledge -----------------------------------------------------------------------
 # MATERIALIZED keeps the planner from turning the LIMITed, locked subquery into a nested loop that
 # updates more rows than LIMIT (Oban's "optimization fence"); SKIP LOCKED lets concurrent claimers
-# take disjoint rows instead of queueing on the first ones.
+# take disjoint rows instead of queueing on the first ones. The UPDATE finds the locked rows by ctid
+# (a TID scan: one heap fetch per row) whatever the statistics say. Joined on the key alone, a new
+# letter that ANALYZE has not seen yet is estimated at one row and the planner scans all of the
+# letter's deliveries for every claim (measured: 50 ms instead of 0.6 ms per claim of 25 at 10,000
+# recipients, and growing with the letter). The key is still compared, as a guard.
 CLAIM = """
 WITH claimable AS MATERIALIZED (
-    SELECT subscription_id
+    SELECT ctid, subscription_id
     FROM deliveries
     WHERE letter_id = $1 AND state = 'pending' AND next_attempt_at <= now()
     ORDER BY next_attempt_at, subscription_id
@@ -157,14 +161,14 @@ SET state = 'sending',
     lease_token = nextval('delivery_lease_token'),
     updated_at = now()
 FROM claimable
-WHERE d.letter_id = $1 AND d.subscription_id = claimable.subscription_id
+WHERE d.ctid = claimable.ctid AND d.letter_id = $1 AND d.subscription_id = claimable.subscription_id
 RETURNING d.subscription_id, d.attempts, d.lease_token
 """
 
 # The same claim, joined with what sending needs of each subscription: one round trip per batch.
 CLAIM_RECIPIENTS = """
 WITH claimable AS MATERIALIZED (
-    SELECT subscription_id
+    SELECT ctid, subscription_id
     FROM deliveries
     WHERE letter_id = $1 AND state = 'pending' AND next_attempt_at <= now()
     ORDER BY next_attempt_at, subscription_id
@@ -177,7 +181,7 @@ WITH claimable AS MATERIALIZED (
         lease_token = nextval('delivery_lease_token'),
         updated_at = now()
     FROM claimable
-    WHERE d.letter_id = $1 AND d.subscription_id = claimable.subscription_id
+    WHERE d.ctid = claimable.ctid AND d.letter_id = $1 AND d.subscription_id = claimable.subscription_id
     RETURNING d.subscription_id, d.attempts, d.lease_token
 )
 SELECT claimed.subscription_id, claimed.attempts, claimed.lease_token,
