@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from mailman.services import letter_commands
-from mailman.services.models import LetterStatus, SubscriptionStatus
+from mailman.services.models import LetterStatus, SubscriptionStatus, UncertainPolicy
 from mailman.services.queries import deliveries, subscriptions
 from mailman.services.retry_policy import RetryPolicy
 from tests.services.engine_fixtures import (
@@ -71,6 +71,49 @@ class TestTransientFailures:
             "SELECT count(*) FROM newsletter_emails WHERE letter_id = $1", letter.id
         )
         assert recorded == len(emails)
+
+
+class TestUnknowableOutcomes:
+    async def test_hold_policy_holds_a_message_whose_reply_was_lost_after_the_final_dot(
+        self, engine: Engine
+    ) -> None:
+        """Under the letter's ``hold`` policy, a message the relay accepted but whose reply was lost
+        (the connection dropped after the final dot) is recorded ``uncertain`` with one attempt and is
+        not resent: nobody is mailed twice, and the letter still ends sent, the uncertain row counted."""
+        emails = await engine.newsletter(50)
+        engine.sink.drop("END", times=1)
+        letter = await engine.letter(uncertain_policy=UncertainPolicy.HOLD)
+
+        await engine.send(letter.id)
+        done = await engine.wait_until_done(letter.id)
+
+        assert done.status is LetterStatus.SENT
+        counts = received(engine.sink)
+        assert len(counts) == len(emails)
+        assert max(counts.values()) == 1
+        states = await engine.delivery_states(letter.id)
+        held = [(attempts, error) for state, attempts, error in states.values() if state == "uncertain"]
+        assert len(held) == 1
+        assert held[0][0] == 1
+        status = await letter_commands.letter_status(engine.context, letter.id)
+        assert (status["uncertain"], status["counts"]["delivered"]) == (1, len(emails) - 1)
+
+    async def test_resend_policy_resends_it_with_the_same_message_id(self, engine: Engine) -> None:
+        """Under ``resend`` (the default) the same lost reply is retried: the recipient gets the
+        message twice, both copies with one Message-ID, and the row ends delivered."""
+        emails = await engine.newsletter(50)
+        engine.sink.drop("END", times=1)
+        letter = await engine.letter(uncertain_policy=UncertainPolicy.RESEND)
+
+        await engine.send(letter.id)
+        done = await engine.wait_until_done(letter.id)
+
+        assert done.status is LetterStatus.SENT
+        counts = received(engine.sink)
+        twice = [email for email, n in counts.items() if n == 2]
+        assert len(twice) == 1
+        assert len(counts) == len(emails)
+        assert len(message_ids(engine.sink.messages)[twice[0]]) == 1
 
 
 class TestPermanentFailures:

@@ -76,11 +76,19 @@ class TestDeliveryOutcome:
                 subscription_id=1, lease_token=1, state=DeliveryState.DELIVERED, retry_after=timedelta(0)
             )
 
-    @pytest.mark.parametrize("state", [DeliveryState.SENDING, DeliveryState.UNCERTAIN])
-    def test_rejects_states_that_are_not_outcomes(self, state: DeliveryState) -> None:
-        """Sending and uncertain are set by claim and recovery, never by an ack."""
+    def test_rejects_sending_which_is_not_an_outcome(self) -> None:
+        """Sending is set by a claim, never by an ack."""
         with pytest.raises(ValueError, match="expected an outcome state"):
-            DeliveryOutcome(subscription_id=1, lease_token=1, state=state)
+            DeliveryOutcome(subscription_id=1, lease_token=1, state=DeliveryState.SENDING)
+
+    def test_uncertain_is_an_outcome_under_the_hold_policy(self) -> None:
+        """An attempt whose fate is unknowable can be acked as uncertain (the hold policy)."""
+        claim = ClaimedDelivery(subscription_id=7, attempts=1, lease_token=3)
+        outcome = DeliveryOutcome.uncertain(claim, "no reply after the final dot")
+        assert (outcome.state, outcome.last_error) == (
+            DeliveryState.UNCERTAIN,
+            "no reply after the final dot",
+        )
 
 
 class TestDeliveryCounts:

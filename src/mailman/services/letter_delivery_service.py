@@ -323,6 +323,11 @@ class LetterDeliveryService(GenServer[_State]):
             await letters.update_mail_order(state.pool, state.letter_id, {"restarts": restarts})
         return True
 
+    def _policy(self, state: _State) -> UncertainPolicy:
+        """The uncertain policy in force: the settings' override, else the letter's own."""
+        assert state.letter is not None
+        return UncertainPolicy(state.args.context.settings.uncertain_policy or state.letter.uncertain_policy)
+
     def _start_driver(self, state: _State) -> None:
         assert state.pool is not None
         assert state.smtp is not None
@@ -334,6 +339,7 @@ class LetterDeliveryService(GenServer[_State]):
             smtp=state.smtp,
             policy=settings.retry,
             rng=random.Random(),
+            hold_uncertain=self._policy(state) is UncertainPolicy.HOLD,
         )
         state.drain = asyncio.Event()
         state.driver = spawn_link(
@@ -495,9 +501,11 @@ async def _drive(driver: _Driver) -> None:
                 case Ok(value=verdict):
                     pass
                 case Exit(reason=(recipient, reason)):
-                    verdict = settings.retry.transient(
-                        recipient.claim, f"recipient task exited: {reason}", task.rng
-                    )
+                    error = f"recipient task exited: {reason}"
+                    if task.hold_uncertain:  # it may have been mid-DATA: unknowable, so held
+                        verdict = RecipientVerdict(outcome=DeliveryOutcome.uncertain(recipient.claim, error))
+                    else:
+                        verdict = settings.retry.transient(recipient.claim, error, task.rng)
                 case _:
                     raise AssertionError(f"unexpected stream result {result!r}")
             if verdict.transport_fault:

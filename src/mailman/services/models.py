@@ -213,16 +213,20 @@ class ClaimedRecipient:
     unsubscribe_token: str
 
 
-_OUTCOME_STATES = frozenset({DeliveryState.DELIVERED, DeliveryState.FAILED, DeliveryState.SKIPPED})
+_OUTCOME_STATES = frozenset(
+    {DeliveryState.DELIVERED, DeliveryState.FAILED, DeliveryState.SKIPPED, DeliveryState.UNCERTAIN}
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeliveryOutcome:
     """The result of sending to one claimed recipient, to be acknowledged in a batch.
 
-    ``state`` is final (delivered, failed, skipped) or ``PENDING`` for a retry, which becomes due
-    ``retry_after`` from the database's clock (so nodes with skewed clocks agree). Build one with
-    :meth:`delivered`, :meth:`failed`, :meth:`skipped` or :meth:`retry`.
+    ``state`` is final (delivered, failed, skipped), ``UNCERTAIN`` (the message may or may not have
+    reached the relay, and the letter's policy says to hold such rows for an operator) or ``PENDING``
+    for a retry, which becomes due ``retry_after`` from the database's clock (so nodes with skewed
+    clocks agree). Build one with :meth:`delivered`, :meth:`failed`, :meth:`skipped`,
+    :meth:`uncertain`, :meth:`retry` or :meth:`release`.
     """
 
     subscription_id: int
@@ -244,7 +248,8 @@ class DeliveryOutcome:
                 )
         else:
             raise ValueError(
-                f"expected an outcome state (delivered, failed, skipped or pending), got {self.state!r}"
+                "expected an outcome state (delivered, failed, skipped, uncertain or pending), "
+                f"got {self.state!r}"
             )
 
     @classmethod
@@ -274,6 +279,16 @@ class DeliveryOutcome:
             lease_token=claim.lease_token,
             state=DeliveryState.SKIPPED,
             last_error=reason,
+        )
+
+    @classmethod
+    def uncertain(cls, claim: ClaimedDelivery, error: str) -> DeliveryOutcome:
+        """The message went out but no verdict came back: held as uncertain, not resent."""
+        return cls(
+            subscription_id=claim.subscription_id,
+            lease_token=claim.lease_token,
+            state=DeliveryState.UNCERTAIN,
+            last_error=error,
         )
 
     @classmethod

@@ -38,6 +38,8 @@ class RecipientTask:
     smtp: SmtpPool
     policy: RetryPolicy
     rng: random.Random
+    hold_uncertain: bool = False
+    """The letter's ``hold`` policy: an unknowable outcome is held as uncertain, never resent."""
 
     async def __call__(self, recipient: ClaimedRecipient) -> RecipientVerdict:
         claim = recipient.claim
@@ -59,7 +61,7 @@ class RecipientTask:
             self.template.from_address, recipient.email, message, key=self.letter_id
         )
         message_id = self.template.message_id(letter_id=self.letter_id, subscription_id=claim.subscription_id)
-        return self.policy.decide(claim, result, message_id, self.rng)
+        return self.policy.decide(claim, result, message_id, self.rng, hold_uncertain=self.hold_uncertain)
 
 
 RecipientFunction = Callable[[ClaimedRecipient], Awaitable[RecipientVerdict]]

@@ -12,6 +12,8 @@ A pure function of the SMTP result, the attempt count and the policy: no process
   failed (dead-lettered) with the last reply, retryable by command.
 - ``TransportFault`` (authentication, 5xx on MAIL FROM, connection refused): the relay is at fault,
   not the recipient; the attempt is given back and the letter's circuit breaker holds it.
+- Under the ``hold`` policy, an attempt whose fate is unknowable (no reply after the final dot, a
+  recipient task killed mid-send) is ``uncertain``: held for an operator, never resent.
 
 Back-off with full jitter (AWS architecture blog): ``uniform(0, min(max_delay, base * 2**(n-1)))``
 for the n-th attempt, so that many recipients failing together do not retry together.
@@ -69,9 +71,20 @@ class RetryPolicy:
         return timedelta(seconds=rng.uniform(0, ceiling))
 
     def decide(
-        self, claim: ClaimedDelivery, result: SendResult, message_id: str, rng: random.Random
+        self,
+        claim: ClaimedDelivery,
+        result: SendResult,
+        message_id: str,
+        rng: random.Random,
+        *,
+        hold_uncertain: bool = False,
     ) -> RecipientVerdict:
-        """The verdict for a claimed recipient whose attempt ended with ``result``."""
+        """The verdict for a claimed recipient whose attempt ended with ``result``.
+
+        With ``hold_uncertain`` (the letter's ``hold`` policy), an attempt whose message went out
+        but got no verdict (no reply after the final dot) is held as uncertain instead of retried,
+        so that nobody is mailed twice.
+        """
         match result:
             case Delivered(reply=reply):
                 return RecipientVerdict(
@@ -87,6 +100,8 @@ class RetryPolicy:
                     bounce_reason=error if result.is_user_unknown else None,
                 )
             case Transient(code=code, reply=reply):
+                if hold_uncertain and result.uncertain:
+                    return RecipientVerdict(outcome=DeliveryOutcome.uncertain(claim, _describe(code, reply)))
                 return self.transient(claim, _describe(code, reply), rng)
             case TransportFault(code=code, reply=reply):
                 return RecipientVerdict(
