@@ -18,7 +18,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench && $(BIN)/mypy --strict src
 
 bench: $(STAMP)
-	$(BIN)/python bench/supervisor.py
+	$(BIN)/python bench/supervisor.py && $(BIN)/python bench/delivery.py
 
 demo: $(STAMP)
 	$(BIN)/mailman demo

@@ -96,6 +96,10 @@ WITH inserted AS (
 SELECT count(*) FROM inserted
 """
 
+ANALYZE_DELIVERIES = "ANALYZE deliveries"
+ANALYZE_AFTER = 1000
+"""Audiences at least this large refresh the deliveries table's planner statistics."""
+
 RECORD_AUDIENCE = """
 UPDATE letters
 SET mail_order = mail_order || jsonb_build_object('audience_size', $2::bigint, 'started_at', now())
@@ -278,6 +282,11 @@ async def fix_audience(
                 INSERT_AUDIENCE_SUBSET, letter_id, newsletter_id, list(subscription_ids)
             )
         await connection.execute(RECORD_AUDIENCE, letter_id, size)
+    if size >= ANALYZE_AFTER:
+        # A large audience changes the table's statistics at once; without them the planner picks
+        # join plans for the batched ack that rescan the letter's rows (10x slower) until
+        # autovacuum's analyze comes by. Refresh them now, outside the transaction.
+        await executor.execute(ANALYZE_DELIVERIES)
     return Audience(size=size, fixed_now=True, status=LetterStatus.SENDING)
 
 
