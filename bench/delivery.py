@@ -266,8 +266,10 @@ def prebuilt_messages(n: int) -> list[tuple[str, bytes]]:
     """The messages the engine would send to n subscribers, built beforehand."""
     from mailman.services.message import LetterTemplate  # noqa: PLC0415
 
+    # As the engine's: the subject prepare_letter gives run 1, and 32-hex unsubscribe tokens (the
+    # database's default), so that the sink parses messages of the same size and line count.
     template = LetterTemplate.render(
-        subject="The news",
+        subject="The news, run 1",
         text_body=TEXT_BODY,
         html_body=HTML_BODY,
         from_address=SENDER,
@@ -283,7 +285,7 @@ def prebuilt_messages(n: int) -> list[tuple[str, bytes]]:
                 name=f"Reader {i}",
                 subscription_id=i + 1,
                 letter_id=1,
-                unsubscribe_token=f"token{i:08d}",
+                unsubscribe_token=f"{i:032x}",
             ),
         )
         for i in range(n)

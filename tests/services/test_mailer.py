@@ -30,7 +30,7 @@ from mailman.services.smtp_outcome import Delivered, Permanent, SmtpPhase, Trans
 
 if TYPE_CHECKING:
     from tests.services.smtp_fixtures import FakeTime, SinkFactory
-    from tests.services.smtp_sink import SmtpSink
+    from tests.services.smtp_sink import Command, SmtpSink
 
 SENDER = "news@example.com"
 MESSAGE = b"From: news@example.com\r\nTo: ada@example.org\r\nSubject: hi\r\n\r\nHello.\r\n"
@@ -394,6 +394,28 @@ class TestOutcomes:
         hold.release()
         assert (type(result), result.code, result.phase) == (Transient, None, SmtpPhase.RCPT)
         assert pool.stats().open_connections == 0
+
+    @pytest.mark.parametrize(
+        ("command", "phase"),
+        [("MAIL", SmtpPhase.MAIL), ("DATA", SmtpPhase.DATA), ("END", SmtpPhase.END_OF_DATA)],
+    )
+    async def test_timeout_in_each_phase(
+        self, smtp_sink: SmtpSink, make_pool: PoolFactory, command: Command, phase: SmtpPhase
+    ) -> None:
+        """Every reply has its own timeout; only one after the final dot leaves the outcome uncertain."""
+        pool = make_pool(timeout=0.2)
+        hold = smtp_sink.hold(command)
+        result = await send(pool)
+        hold.release()
+        assert isinstance(result, Transient)
+        assert (result.code, result.phase, result.reply) == (
+            None,
+            phase,
+            "Timed out waiting for server response",
+        )
+        assert result.uncertain is (phase is SmtpPhase.END_OF_DATA)
+        assert pool.stats().open_connections == 0
+        assert isinstance(await send(pool), Delivered)  # a fresh connection
 
     async def test_refused_connection_is_a_transport_fault(
         self, smtp_sink: SmtpSink, make_pool: PoolFactory

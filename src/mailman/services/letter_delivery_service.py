@@ -100,10 +100,16 @@ class ServiceArgs:
 
 
 @dataclass(slots=True)
-class RecipientDone:
-    """Driver -> service: one recipient's verdict."""
+class RecipientsDone:
+    """Driver -> service: the verdicts of recipients that finished, in a batch."""
 
-    verdict: RecipientVerdict
+    verdicts: list[RecipientVerdict]
+
+
+_REPORT_BATCH = 32
+"""The driver sends verdicts to the service in batches of at most this many..."""
+_REPORT_DELAY = 0.02
+"""...and holds none longer than this many seconds (it also sends before every claim and when it ends)."""
 
 
 class _Flush:
@@ -245,8 +251,8 @@ class LetterDeliveryService(GenServer[_State]):
 
     async def handle_info(self, message: Any, state: _State) -> NoReply[_State] | Stop[_State]:
         match message:
-            case RecipientDone(verdict):
-                state.buffer.append(verdict)
+            case RecipientsDone(verdicts):
+                state.buffer += verdicts
                 if len(state.buffer) >= state.args.context.settings.flush_size:
                     await self._flush(state)
                 elif state.flush_timer is None:
@@ -273,10 +279,12 @@ class LetterDeliveryService(GenServer[_State]):
             driver = state.driver
             while True:
                 message = await receive(
-                    lambda m: isinstance(m, RecipientDone) or (isinstance(m, ExitMessage) and m.pid == driver)
+                    lambda m: (
+                        isinstance(m, RecipientsDone) or (isinstance(m, ExitMessage) and m.pid == driver)
+                    )
                 )
-                if isinstance(message, RecipientDone):
-                    state.buffer.append(message.verdict)
+                if isinstance(message, RecipientsDone):
+                    state.buffer += message.verdicts
                 else:
                     break
         if state.pool is None:
@@ -446,6 +454,10 @@ class _Driver:
 async def _drive(driver: _Driver) -> None:
     """The driver process: claim recipients, run their tasks, report every verdict to the service.
 
+    Verdicts go to the service in batches (:data:`_REPORT_BATCH`), each sent within
+    :data:`_REPORT_DELAY` seconds, before every claim, and when the driver ends, in a ``finally``
+    (a crash or a cancellation included), so that none is held back long or lost with the driver.
+
     Every wait (the breaker open, or nothing due yet) happens *between* streams, never inside the
     stream's input: a stream pulls its input before it hands out finished results, so an input
     that waits would hold the verdicts of the tasks in flight back (unflushed, and lost by a kill)
@@ -455,8 +467,11 @@ async def _drive(driver: _Driver) -> None:
     task, drain = driver.task, driver.drain
     settings = context.settings
     breaker = CircuitBreaker(base_delay=settings.breaker_base_delay, max_delay=settings.breaker_max_delay)
+    reporter = _Reporter(service)
+    report, report_pending = reporter.report, reporter.send_pending
 
     async def claim() -> list[ClaimedRecipient]:
+        report_pending()  # the claim waits on Postgres: the verdicts so far go first
         batch = await deliveries.claim_recipients(pool, letter_id, limit=settings.claim_batch)
         if not batch:
             breaker.release_probe()  # nothing was sent: a probe taken for this claim proves nothing
@@ -468,7 +483,8 @@ async def _drive(driver: _Driver) -> None:
                 if drain.is_set():
                     # Claimed but never sent: give them back untouched (attempt returned).
                     for unsent in batch[index:]:
-                        send(service, RecipientDone(_released(unsent)))
+                        report(_released(unsent))
+                    report_pending()
                     return
                 yield recipient
             # Claim on without a pause while the relay is trusted; anything else ends this stream.
@@ -476,43 +492,78 @@ async def _drive(driver: _Driver) -> None:
                 return
             batch = await claim()
 
-    while not drain.is_set():
-        if not await _until_allowed(breaker, drain):
-            return
-        batch = await claim()
-        if not batch:
-            due_in = await deliveries.next_due_in(pool, letter_id)
-            if due_in is None:
-                return  # nothing pending in Postgres: the service decides if the letter is done
-            await _wait(drain, min(max(due_in, 0.01), settings.idle_poll))
-            continue
-        stream = TaskSupervisor.async_stream_nolink(
-            context.tasks,
-            claimed(batch),
-            task,
-            max_concurrency=settings.concurrency,
-            ordered=False,
-            timeout=settings.task_timeout,
-            on_timeout=OnTimeout.KILL_TASK,
-            zip_input_on_exit=True,
-        )
-        async for result in stream:
-            match result:
-                case Ok(value=verdict):
-                    pass
-                case Exit(reason=(recipient, reason)):
-                    error = f"recipient task exited: {reason}"
-                    if task.hold_uncertain:  # it may have been mid-DATA: unknowable, so held
-                        verdict = RecipientVerdict(outcome=DeliveryOutcome.uncertain(recipient.claim, error))
-                    else:
-                        verdict = settings.retry.transient(recipient.claim, error, task.rng)
-                case _:
-                    raise AssertionError(f"unexpected stream result {result!r}")
-            if verdict.transport_fault:
-                breaker.record_failure()
-            else:
-                breaker.record_success()
-            send(service, RecipientDone(verdict))
+    try:
+        while not drain.is_set():
+            if not await _until_allowed(breaker, drain):
+                return
+            batch = await claim()
+            if not batch:
+                due_in = await deliveries.next_due_in(pool, letter_id)
+                if due_in is None:
+                    return  # nothing pending in Postgres: the service decides if the letter is done
+                await _wait(drain, min(max(due_in, 0.01), settings.idle_poll))
+                continue
+            stream = TaskSupervisor.async_stream_nolink(
+                context.tasks,
+                claimed(batch),
+                task,
+                max_concurrency=settings.concurrency,
+                ordered=False,
+                timeout=settings.task_timeout,
+                on_timeout=OnTimeout.KILL_TASK,
+                zip_input_on_exit=True,
+            )
+            async for result in stream:
+                match result:
+                    case Ok(value=verdict):
+                        pass
+                    case Exit(reason=(recipient, reason)):
+                        error = f"recipient task exited: {reason}"
+                        if task.hold_uncertain:  # it may have been mid-DATA: unknowable, so held
+                            verdict = RecipientVerdict(
+                                outcome=DeliveryOutcome.uncertain(recipient.claim, error)
+                            )
+                        else:
+                            verdict = settings.retry.transient(recipient.claim, error, task.rng)
+                    case _:
+                        raise AssertionError(f"unexpected stream result {result!r}")
+                if verdict.transport_fault:
+                    breaker.record_failure()
+                else:
+                    breaker.record_success()
+                report(verdict)
+            report_pending()  # the stream has ended: a wait (or the driver's end) may follow
+    finally:
+        report_pending()  # sent even if the driver crashes or is killed: nothing is lost with it
+
+
+class _Reporter:
+    """The driver's outbox: verdicts go to the service in batches, none held back for long."""
+
+    __slots__ = ("loop", "pending", "service", "timer")
+
+    def __init__(self, service: Pid) -> None:
+        self.service = service
+        self.loop = asyncio.get_running_loop()
+        self.pending: list[RecipientVerdict] = []
+        self.timer: asyncio.TimerHandle | None = None
+
+    def report(self, verdict: RecipientVerdict) -> None:
+        """Queue ``verdict``: sent with the batch it fills, or within :data:`_REPORT_DELAY`."""
+        self.pending.append(verdict)
+        if len(self.pending) >= _REPORT_BATCH:
+            self.send_pending()
+        elif self.timer is None:
+            self.timer = self.loop.call_later(_REPORT_DELAY, self.send_pending)
+
+    def send_pending(self) -> None:
+        """Send the verdicts queued so far, now."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.pending:
+            send(self.service, RecipientsDone(self.pending))
+            self.pending = []
 
 
 async def _until_allowed(breaker: CircuitBreaker, drain: asyncio.Event) -> bool:

@@ -498,39 +498,55 @@ class SmtpPool:
         """One mail transaction; the result, and whether the connection can carry another."""
         client = connection.client
         timeout = self._timeout
+        loop = asyncio.get_running_loop()
         phase = SmtpPhase.MAIL
+        # Each reply must come within ``timeout``, as aiosmtplib's own timeouts would have it; one
+        # deadline rescheduled before each command rather than asyncio.wait_for around each read,
+        # which costs an extra future and a trip through the event loop per command (measured: about
+        # 5 us a command, 4 commands a message). An expiry is turned into aiosmtplib's timeout below.
+        deadline = asyncio.timeout(None)
         try:
-            # MAIL and RCPT written directly rather than with aiosmtplib's mail() and rcpt(), which
-            # parse each address with email.utils.parseaddr (tens of microseconds a message): the
-            # addresses were checked in send() (bare ASCII, no <>, spaces or quotes), and EHLO was
-            # done when the connection opened. The replies are checked as aiosmtplib checks them.
-            mail = [b"MAIL", b"FROM:<" + envelope_from.encode("ascii") + b">"]
-            if client.supports_extension("size"):
-                mail.append(b"SIZE=%d" % len(data))
-            reply = await client.execute_command(*mail, timeout=timeout)
-            if reply.code != 250:
-                raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, envelope_from)
-            phase = SmtpPhase.RCPT
-            reply = await client.execute_command(
-                b"RCPT", b"TO:<" + recipient.encode("ascii") + b">", timeout=timeout
-            )
-            if reply.code not in (250, 251):
-                raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
-            phase = SmtpPhase.DATA
-            reply = await client.execute_command(b"DATA", timeout=timeout)
-            if reply.code != 354:
-                raise aiosmtplib.SMTPDataError(reply.code, reply.message)
-            # aiosmtplib's data() sends DATA and the message in one call; done in two steps here so
-            # that a failure before the final dot (safe to retry) is told apart from one after it.
-            protocol = client.protocol
-            if protocol is None:
-                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-            stuffed = _LEADING_DOT.sub(b"..", data) if data.startswith(b".") or b"\n." in data else data
-            protocol.write(stuffed + b".\r\n")
-            phase = SmtpPhase.END_OF_DATA
-            reply = await protocol.read_response(timeout=timeout)
+            async with deadline:
+                deadline.reschedule(loop.time() + timeout)
+                # MAIL and RCPT written directly rather than with aiosmtplib's mail() and rcpt(), which
+                # parse each address with email.utils.parseaddr (tens of microseconds a message): the
+                # addresses were checked in send() (bare ASCII, no <>, spaces or quotes), and EHLO was
+                # done when the connection opened. The replies are checked as aiosmtplib checks them.
+                mail = [b"MAIL", b"FROM:<" + envelope_from.encode("ascii") + b">"]
+                if client.supports_extension("size"):
+                    mail.append(b"SIZE=%d" % len(data))
+                reply = await client.execute_command(*mail, timeout=None)
+                if reply.code != 250:
+                    raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, envelope_from)
+                phase = SmtpPhase.RCPT
+                deadline.reschedule(loop.time() + timeout)
+                reply = await client.execute_command(
+                    b"RCPT", b"TO:<" + recipient.encode("ascii") + b">", timeout=None
+                )
+                if reply.code not in (250, 251):
+                    raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
+                phase = SmtpPhase.DATA
+                deadline.reschedule(loop.time() + timeout)
+                reply = await client.execute_command(b"DATA", timeout=None)
+                if reply.code != 354:
+                    raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+                # aiosmtplib's data() sends DATA and the message in one call; done in two steps here so
+                # that a failure before the final dot (safe to retry) is told apart from one after it.
+                protocol = client.protocol
+                if protocol is None:
+                    raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+                stuffed = _LEADING_DOT.sub(b"..", data) if data.startswith(b".") or b"\n." in data else data
+                protocol.write(stuffed + b".\r\n")
+                phase = SmtpPhase.END_OF_DATA
+                deadline.reschedule(loop.time() + timeout)
+                reply = await protocol.read_response(timeout=None)
         except Exception as exc:
-            result = _failure(exc, phase)
+            error = exc
+            if deadline.expired():
+                # As aiosmtplib does on a read timeout: the session is out of step, close it.
+                client.close()
+                error = aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response")
+            result = _failure(error, phase)
             if phase is SmtpPhase.END_OF_DATA:
                 self._messages_sent += 1
                 connection.messages += 1
