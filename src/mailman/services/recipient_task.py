@@ -18,7 +18,6 @@ It returns a :class:`RecipientVerdict`; the letter's service writes verdicts to 
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mailman.services.mailer import SmtpPool
@@ -62,6 +61,3 @@ class RecipientTask:
         )
         message_id = self.template.message_id(letter_id=self.letter_id, subscription_id=claim.subscription_id)
         return self.policy.decide(claim, result, message_id, self.rng, hold_uncertain=self.hold_uncertain)
-
-
-RecipientFunction = Callable[[ClaimedRecipient], Awaitable[RecipientVerdict]]

@@ -15,7 +15,7 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -59,7 +59,6 @@ class _Wake:
 class _State:
     args: SchedulerArgs
     timer: TimerRef | None = None
-    started: list[int] = field(default_factory=list)
 
 
 class Scheduler(GenServer[_State]):
@@ -105,6 +104,5 @@ class Scheduler(GenServer[_State]):
         pool = await Repo.pool(context.repo)
         for letter in await letters.letters_due(pool):
             await letter_commands.send_letter(context, letter.id)
-            state.started.append(letter.id)
             _log.info("scheduled letter due", letter_id=letter.id, send_at=str(letter.send_at))
         state.timer = send_after(self_pid(), _Tick(), state.args.poll_interval)
