@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 from mailman.cli.invocation import Invocation
 from mailman.cli.output import CliError, ExitCode
 from mailman.cli.progress import follow_letter, render_summary
+from mailman.client import Client
 
 __all__ = [
     "format_status",
@@ -143,41 +144,36 @@ async def run_send(invocation: Invocation) -> ExitCode:
     return ExitCode.OK if status["state"] == "sent" else ExitCode.ERROR
 
 
+async def _letter_command(
+    invocation: Invocation, method: Callable[[Client, int], Awaitable[dict[str, Any]]]
+) -> ExitCode:
+    """Call one letter method of the daemon and show the letter's status it answers with."""
+    async with invocation.client() as client:
+        result = await method(client, invocation.args.letter_id)
+    invocation.output.result(result, format_status(result))
+    return ExitCode.OK
+
+
 async def run_status(invocation: Invocation) -> ExitCode:
     """``mailman status LETTER_ID``: with ``--json``, exactly the ``letter.status`` result."""
-    async with invocation.client() as client:
-        status = await client.letter_status(invocation.args.letter_id)
-    invocation.output.result(status, format_status(status))
-    return ExitCode.OK
+    return await _letter_command(invocation, Client.letter_status)
 
 
 async def run_pause(invocation: Invocation) -> ExitCode:
     """``mailman pause LETTER_ID``."""
-    async with invocation.client() as client:
-        result = await client.letter_pause(invocation.args.letter_id)
-    invocation.output.result(result, format_status(result))
-    return ExitCode.OK
+    return await _letter_command(invocation, Client.letter_pause)
 
 
 async def run_resume(invocation: Invocation) -> ExitCode:
     """``mailman resume LETTER_ID``."""
-    async with invocation.client() as client:
-        result = await client.letter_resume(invocation.args.letter_id)
-    invocation.output.result(result, format_status(result))
-    return ExitCode.OK
+    return await _letter_command(invocation, Client.letter_resume)
 
 
 async def run_cancel(invocation: Invocation) -> ExitCode:
     """``mailman cancel LETTER_ID``."""
-    async with invocation.client() as client:
-        result = await client.letter_cancel(invocation.args.letter_id)
-    invocation.output.result(result, format_status(result))
-    return ExitCode.OK
+    return await _letter_command(invocation, Client.letter_cancel)
 
 
 async def run_retry(invocation: Invocation) -> ExitCode:
     """``mailman retry LETTER_ID``: send again to the recipients that failed."""
-    async with invocation.client() as client:
-        result = await client.letter_retry_failed(invocation.args.letter_id)
-    invocation.output.result(result, format_status(result))
-    return ExitCode.OK
+    return await _letter_command(invocation, Client.letter_retry_failed)
