@@ -32,6 +32,7 @@ See also: Elixir ``Supervisor`` "Child specification", Erlang ``supervisor:child
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
@@ -194,3 +195,22 @@ class CountChildrenRequest:
 
 class DescribeRequest:
     __slots__ = ()
+
+
+def supervisor_child_spec(
+    start_link: StartFunction, arg: Any, *, child_id: Hashable, name: object, restart: Restart
+) -> ChildSpec:
+    """The spec of a supervisor run under another: type supervisor, shutdown infinity.
+
+    Shared by Supervisor, DynamicSupervisor and TaskSupervisor's ``child_spec`` (what
+    ``use Supervisor`` generates).
+    """
+    start = start_link if name is None else functools.partial(start_link, name=name)
+    return ChildSpec(
+        id=child_id,
+        start=start,
+        args=(arg,),
+        restart=restart,
+        shutdown=math.inf,
+        type=ChildType.SUPERVISOR,
+    )

@@ -35,7 +35,6 @@ See also: Elixir ``DynamicSupervisor``, Erlang ``supervisor`` with ``simple_one_
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +52,7 @@ from mailman.supervisor._child_spec import (
     Restart,
     SupervisorInfo,
     WhichChildrenRequest,
+    supervisor_child_spec,
 )
 from mailman.supervisor._child_start import ChildStartFailure, start_spec
 from mailman.supervisor._clock import INFINITY, Clock, MonotonicClock
@@ -144,15 +144,8 @@ class DynamicSupervisor:
         restart: Restart = Restart.PERMANENT,
     ) -> ChildSpec:
         """The spec to run this supervisor under another (type supervisor, shutdown infinity)."""
-        start = cls.start_link if name is None else functools.partial(cls.start_link, name=name)
-        return ChildSpec(
-            id=cls if id is None else id,  # type: ignore[arg-type]
-            start=start,
-            args=(arg,),
-            restart=restart,
-            shutdown=INFINITY,
-            type=ChildType.SUPERVISOR,
-        )
+        child_id: Hashable = cls if id is None else id  # type: ignore[assignment]
+        return supervisor_child_spec(cls.start_link, arg, child_id=child_id, name=name, restart=restart)
 
     @staticmethod
     async def start_child(supervisor: ServerRef, spec: ChildSpec) -> Pid | None:

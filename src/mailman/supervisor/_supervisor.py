@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import functools
 from collections.abc import Hashable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
@@ -85,6 +84,7 @@ from mailman.supervisor._child_spec import (
     Restart,
     SupervisorInfo,
     WhichChildrenRequest,
+    supervisor_child_spec,
 )
 from mailman.supervisor._child_start import ChildStartFailure, start_spec
 from mailman.supervisor._clock import INFINITY, Clock, MonotonicClock
@@ -253,15 +253,8 @@ class Supervisor:
         restart: Restart = Restart.PERMANENT,
     ) -> ChildSpec:
         """The spec to run this supervisor under another (type supervisor, shutdown infinity)."""
-        start = cls.start_link if name is None else functools.partial(cls.start_link, name=name)
-        return ChildSpec(
-            id=cls if id is None else id,  # type: ignore[arg-type]
-            start=start,
-            args=(arg,),
-            restart=restart,
-            shutdown=INFINITY,
-            type=ChildType.SUPERVISOR,
-        )
+        child_id: Hashable = cls if id is None else id  # type: ignore[assignment]
+        return supervisor_child_spec(cls.start_link, arg, child_id=child_id, name=name, restart=restart)
 
     # ---------------------------------------------------------------- client API
 

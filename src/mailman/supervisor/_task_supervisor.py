@@ -43,13 +43,12 @@ See also: Elixir ``Task.Supervisor``, ``Task``; Erlang has no counterpart (``pro
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 import os
 from collections.abc import AsyncIterable, Awaitable, Callable, Hashable, Iterable
 from typing import Any, TypeVar
 
-from mailman.supervisor._child_spec import BrutalKill, ChildSpec, ChildType, Restart
+from mailman.supervisor._child_spec import BrutalKill, ChildSpec, Restart, supervisor_child_spec
 from mailman.supervisor._clock import INFINITY
 from mailman.supervisor._dynamic_supervisor import DynamicSupervisor, DynamicSupervisorSpec
 from mailman.supervisor._exit_reason import NORMAL, ExitReason
@@ -91,15 +90,8 @@ class TaskSupervisor:
         restart: Restart = Restart.PERMANENT,
     ) -> ChildSpec:
         """The spec to run a task supervisor under another supervisor (``{Task.Supervisor, opts}``)."""
-        start = cls.start_link if name is None else functools.partial(cls.start_link, name=name)
-        return ChildSpec(
-            id=TaskSupervisor if id is None else id,
-            start=start,
-            args=(arg,),
-            restart=restart,
-            shutdown=INFINITY,
-            type=ChildType.SUPERVISOR,
-        )
+        child_id: Hashable = TaskSupervisor if id is None else id
+        return supervisor_child_spec(cls.start_link, arg, child_id=child_id, name=name, restart=restart)
 
     @staticmethod
     async def start_child(
