@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from mailman.rpc import METHODS, ErrorCode
 from tests.daemon.conftest import DaemonProcess
 from tests.rpc.conftest import RawConnection
+from tests.rpc.json_strategies import json_values
 
 FUZZ = settings(
     deadline=None,
@@ -30,17 +31,6 @@ FUZZ = settings(
 
 _probe_ids = itertools.count(1)
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=10,
-)
 
 # Requests for the methods that only read: random params must not change what later examples see.
 request_shaped = st.fixed_dictionaries(

@@ -19,6 +19,7 @@ from mailman import supervisor as otp
 from mailman.client import Client
 from mailman.rpc import METHODS, ErrorCode
 from tests.rpc.conftest import RawConnection
+from tests.rpc.json_strategies import json_values
 
 FUZZ = settings(
     max_examples=1000,
@@ -30,17 +31,6 @@ FUZZ = settings(
 
 _probe_ids = itertools.count(1)
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=10,
-)
 
 request_shaped = st.fixed_dictionaries(
     {},
