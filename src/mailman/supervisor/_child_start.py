@@ -51,3 +51,23 @@ async def start_spec(spec: ChildSpec, extra_args: tuple[Any, ...] = ()) -> Pid |
         reason = Abnormal(("bad_return_value", pid))
         raise ChildStartFailure(reason, StartError(reason))
     return pid
+
+
+class FailedReply:
+    """A supervisor's answer to a request that failed: the client raises ``error``.
+
+    Errors travel back as data (as OTP's ``{error, Reason}`` replies do) so that the supervisor
+    itself never raises out of ``handle_call``; :func:`unwrap_reply` raises them in the caller.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def unwrap_reply(result: Any) -> Any:
+    """``result``, or raise the error a :class:`FailedReply` carries."""
+    if isinstance(result, FailedReply):
+        raise result.error
+    return result

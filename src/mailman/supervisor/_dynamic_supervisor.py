@@ -54,7 +54,7 @@ from mailman.supervisor._child_spec import (
     WhichChildrenRequest,
     supervisor_child_spec,
 )
-from mailman.supervisor._child_start import ChildStartFailure, start_spec
+from mailman.supervisor._child_start import ChildStartFailure, FailedReply, start_spec, unwrap_reply
 from mailman.supervisor._clock import INFINITY, Clock, MonotonicClock
 from mailman.supervisor._exceptions import ChildNotFoundError, MaxChildrenError
 from mailman.supervisor._exit_reason import NORMAL, SHUTDOWN, ExitReason, is_expected
@@ -113,11 +113,6 @@ class _TryAgainRestart:
     pid: Pid
 
 
-@dataclass(slots=True)
-class _Failed:
-    error: Exception
-
-
 class DynamicSupervisor:
     """Supervises children started on demand, one for one."""
 
@@ -161,17 +156,12 @@ class DynamicSupervisor:
                 "a DynamicSupervisor child cannot be significant (invalid_significant): "
                 "use a Supervisor with auto_shutdown for significant children"
             )
-        result = await GenServer.call(supervisor, _StartChild(spec), INFINITY)
-        if isinstance(result, _Failed):
-            raise result.error
-        return result  # type: ignore[no-any-return]
+        return unwrap_reply(await GenServer.call(supervisor, _StartChild(spec), INFINITY))  # type: ignore[no-any-return]
 
     @staticmethod
     async def terminate_child(supervisor: ServerRef, pid: Pid) -> None:
         """Stop the child ``pid`` per its shutdown value. :class:`ChildNotFoundError` if not ours."""
-        result = await GenServer.call(supervisor, _TerminateChild(pid), INFINITY)
-        if isinstance(result, _Failed):
-            raise result.error
+        unwrap_reply(await GenServer.call(supervisor, _TerminateChild(pid), INFINITY))
 
     @staticmethod
     async def which_children(supervisor: ServerRef) -> list[ChildInfo]:
@@ -269,12 +259,12 @@ class _DynamicSupervisorServer(GenServer[_State]):
 
     async def _start_child(self, state: _State, spec: ChildSpec) -> Any:
         if len(state.children) >= state.spec.max_children:
-            return _Failed(MaxChildrenError(int(state.spec.max_children)))
+            return FailedReply(MaxChildrenError(int(state.spec.max_children)))
         try:
             pid = await start_spec(spec, state.spec.extra_arguments)
         except ChildStartFailure as failure:
             self._report(("supervisor", "child", "start_failed"), None, reason=failure.reason)
-            return _Failed(failure.error)
+            return FailedReply(failure.error)
         if pid is not None:
             state.children[pid] = _DynamicChild(spec)
             self._report(("supervisor", "child", "started"), pid)
@@ -283,7 +273,7 @@ class _DynamicSupervisorServer(GenServer[_State]):
     async def _terminate_child(self, state: _State, pid: Pid) -> Any:
         child = state.children.get(pid)
         if child is None:
-            return _Failed(ChildNotFoundError(pid))
+            return FailedReply(ChildNotFoundError(pid))
         if not child.restarting:
             me = current_process()
             assert me is not None

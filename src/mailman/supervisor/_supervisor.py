@@ -86,7 +86,7 @@ from mailman.supervisor._child_spec import (
     WhichChildrenRequest,
     supervisor_child_spec,
 )
-from mailman.supervisor._child_start import ChildStartFailure, start_spec
+from mailman.supervisor._child_start import ChildStartFailure, FailedReply, start_spec, unwrap_reply
 from mailman.supervisor._clock import INFINITY, Clock, MonotonicClock
 from mailman.supervisor._exceptions import (
     AlreadyPresentError,
@@ -206,17 +206,6 @@ class _TryAgainRestart:
     id: Hashable
 
 
-@dataclass(frozen=True, slots=True)
-class _Failed:
-    error: Exception
-
-
-def _unwrap(result: Any) -> Any:
-    if isinstance(result, _Failed):
-        raise result.error
-    return result
-
-
 class Supervisor:
     """Starts children in order, restarts them by strategy, stops them in reverse order."""
 
@@ -267,22 +256,22 @@ class Supervisor:
         """
         if not isinstance(spec, ChildSpec):
             raise TypeError(f"expected a ChildSpec, got {spec!r}")
-        return _unwrap(await GenServer.call(supervisor, _StartChild(spec), INFINITY))  # type: ignore[no-any-return]
+        return unwrap_reply(await GenServer.call(supervisor, _StartChild(spec), INFINITY))  # type: ignore[no-any-return]
 
     @staticmethod
     async def terminate_child(supervisor: ServerRef, child_id: Hashable) -> None:
         """Stop a child per its shutdown value; its spec stays (unless temporary)."""
-        _unwrap(await GenServer.call(supervisor, _TerminateChild(child_id), INFINITY))
+        unwrap_reply(await GenServer.call(supervisor, _TerminateChild(child_id), INFINITY))
 
     @staticmethod
     async def restart_child(supervisor: ServerRef, child_id: Hashable) -> Pid | None:
         """Start a stopped child again from its spec."""
-        return _unwrap(await GenServer.call(supervisor, _RestartChild(child_id), INFINITY))  # type: ignore[no-any-return]
+        return unwrap_reply(await GenServer.call(supervisor, _RestartChild(child_id), INFINITY))  # type: ignore[no-any-return]
 
     @staticmethod
     async def delete_child(supervisor: ServerRef, child_id: Hashable) -> None:
         """Forget a stopped child's spec."""
-        _unwrap(await GenServer.call(supervisor, _DeleteChild(child_id), INFINITY))
+        unwrap_reply(await GenServer.call(supervisor, _DeleteChild(child_id), INFINITY))
 
     @staticmethod
     async def which_children(supervisor: ServerRef) -> list[ChildInfo]:
@@ -302,7 +291,7 @@ class Supervisor:
     @staticmethod
     async def get_childspec(supervisor: ServerRef, child_id: Hashable) -> ChildSpec:
         """The spec of a child, by id."""
-        return _unwrap(await GenServer.call(supervisor, _GetChildSpec(child_id), INFINITY))  # type: ignore[no-any-return]
+        return unwrap_reply(await GenServer.call(supervisor, _GetChildSpec(child_id), INFINITY))  # type: ignore[no-any-return]
 
     @staticmethod
     async def stop(supervisor: ServerRef, reason: ExitReason = NORMAL, timeout: float = INFINITY) -> None:
@@ -373,7 +362,7 @@ class _SupervisorServer(GenServer[_State]):
                 return Reply(info, state)
             case _GetChildSpec(child_id):
                 child = state.by_id.get(child_id)
-                return Reply(child.spec if child else _Failed(ChildNotFoundError(child_id)), state)
+                return Reply(child.spec if child else FailedReply(ChildNotFoundError(child_id)), state)
         raise ValueError(f"unexpected supervisor request {request!r}")
 
     async def handle_info(self, message: Any, state: _State) -> NoReply[_State] | Stop[_State]:
@@ -402,18 +391,18 @@ class _SupervisorServer(GenServer[_State]):
         existing = state.by_id.get(spec.id)
         if existing is not None:
             if existing.pid is not None:
-                return _Failed(AlreadyStartedError(existing.pid))
-            return _Failed(AlreadyPresentError(spec.id))
+                return FailedReply(AlreadyStartedError(existing.pid))
+            return FailedReply(AlreadyPresentError(spec.id))
         try:
             _check_significant(spec, state.spec.auto_shutdown)
         except ValueError as exc:
-            return _Failed(exc)
+            return FailedReply(exc)
         child = _Child(spec)
         try:
             pid = await start_spec(spec)
         except ChildStartFailure as failure:
             self._report(("supervisor", "child", "start_failed"), child, reason=failure.reason)
-            return _Failed(failure.error)
+            return FailedReply(failure.error)
         if pid is not None or spec.restart is not Restart.TEMPORARY:
             self._add(state, child, pid)
         return pid
@@ -421,7 +410,7 @@ class _SupervisorServer(GenServer[_State]):
     async def _terminate_child(self, state: _State, child_id: Hashable) -> Any:
         child = None if isinstance(child_id, Pid) else state.by_id.get(child_id)
         if child is None:
-            return _Failed(ChildNotFoundError(child_id))
+            return FailedReply(ChildNotFoundError(child_id))
         if child.pid is not None:
             await self._shutdown(state, child)
         child.restarting = False
@@ -432,27 +421,27 @@ class _SupervisorServer(GenServer[_State]):
     async def _restart_child(self, state: _State, child_id: Hashable) -> Any:
         child = state.by_id.get(child_id)
         if child is None:
-            return _Failed(ChildNotFoundError(child_id))
+            return FailedReply(ChildNotFoundError(child_id))
         if child.restarting:
-            return _Failed(ChildRestartingError(child_id))
+            return FailedReply(ChildRestartingError(child_id))
         if child.pid is not None:
-            return _Failed(ChildRunningError(child_id))
+            return FailedReply(ChildRunningError(child_id))
         try:
             pid = await start_spec(child.spec)
         except ChildStartFailure as failure:
             self._report(("supervisor", "child", "start_failed"), child, reason=failure.reason)
-            return _Failed(failure.error)
+            return FailedReply(failure.error)
         self._set_pid(state, child, pid)
         return pid
 
     def _delete_child(self, state: _State, child_id: Hashable) -> Any:
         child = state.by_id.get(child_id)
         if child is None:
-            return _Failed(ChildNotFoundError(child_id))
+            return FailedReply(ChildNotFoundError(child_id))
         if child.restarting:
-            return _Failed(ChildRestartingError(child_id))
+            return FailedReply(ChildRestartingError(child_id))
         if child.pid is not None:
-            return _Failed(ChildRunningError(child_id))
+            return FailedReply(ChildRunningError(child_id))
         self._remove(state, child)
         return None
 
