@@ -195,19 +195,10 @@ class LetterDeliveryService(GenServer[_State]):
             case LetterStatus.SENDING:
                 if not await self._count_restart(state, letter):
                     return Stop(NORMAL, state)
-                policy = context.settings.uncertain_policy or letter.uncertain_policy
-                recovery = await deliveries.recover_deliveries(pool, state.letter_id, UncertainPolicy(policy))
-                if recovery.uncertain:
-                    _log.warning(
-                        "recipients in flight at the last stop are uncertain",
-                        letter_id=state.letter_id,
-                        uncertain=recovery.uncertain,
-                        resent=recovery.requeued,
-                        policy=str(policy),
-                    )
-                    await letters.update_mail_order(
-                        pool, state.letter_id, {"uncertain_found": recovery.uncertain}
-                    )
+                # Only a predecessor that did not stop cleanly can have left rows 'sending' (a clean
+                # stop drains and flushes): a fresh send or a resume skips the scan of the letter.
+                if letter.mail_order.get("running"):
+                    await self._recover(state, letter)
             case _:
                 _log.info("letter needs no sending", letter_id=state.letter_id, status=str(letter.status))
                 return Stop(NORMAL, state)
@@ -296,6 +287,23 @@ class LetterDeliveryService(GenServer[_State]):
         await letters.update_mail_order(state.pool, state.letter_id, changes)
 
     # ---------------------------------------------------------------- internals
+
+    async def _recover(self, state: _State, letter: Letter) -> None:
+        """Rows left 'sending' become uncertain, then resent or held by the policy in force."""
+        assert state.pool is not None
+        policy = UncertainPolicy(state.args.context.settings.uncertain_policy or letter.uncertain_policy)
+        recovery = await deliveries.recover_deliveries(state.pool, state.letter_id, policy)
+        if recovery.uncertain:
+            _log.warning(
+                "recipients in flight at the last stop are uncertain",
+                letter_id=state.letter_id,
+                uncertain=recovery.uncertain,
+                resent=recovery.requeued,
+                policy=str(policy),
+            )
+            await letters.update_mail_order(
+                state.pool, state.letter_id, {"uncertain_found": recovery.uncertain}
+            )
 
     async def _count_restart(self, state: _State, letter: Letter) -> bool:
         """Count a restart if the last incarnation did not stop cleanly; False if too many."""
