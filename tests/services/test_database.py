@@ -168,3 +168,43 @@ class TestCreatePool:
         """min_size above max_size is a misuse, reported before connecting."""
         with pytest.raises(ValueError, match="min_size"):
             await create_pool(database_url, min_size=5, max_size=2)
+
+    async def test_a_transaction_left_open_is_rolled_back_on_release(self, database_url: str) -> None:
+        """Releasing skips asyncpg's reset query, yet an open transaction never reaches the next user."""
+        pool = await create_pool(database_url, min_size=1, max_size=1)
+        loop = asyncio.get_running_loop()
+        handler = loop.get_exception_handler()
+        complaints: list[str] = []
+        loop.set_exception_handler(lambda _loop, context: complaints.append(context["message"]))
+        try:
+            async with pool.acquire() as connection:
+                await connection.execute("BEGIN")
+                await connection.execute("INSERT INTO users (email) VALUES ('left@example.com')")
+            loop.set_exception_handler(handler)
+            assert [c.split(" <")[0] for c in complaints] == [
+                "Resetting connection with an active transaction"
+            ]
+            async with pool.acquire() as connection:
+                assert not connection.is_in_transaction()
+                assert await connection.fetchval("SELECT count(*) FROM users") == 0
+        finally:
+            loop.set_exception_handler(handler)
+            await pool.close()
+
+    async def test_release_sends_no_reset_query(self, database_url: str) -> None:
+        """A released connection goes back to the pool without a round trip: its session's
+        statement count (pg_stat_activity's query is the last one sent) is unchanged."""
+        pool = await create_pool(database_url, min_size=1, max_size=1)
+        try:
+            async with pool.acquire() as connection:
+                backend = await connection.fetchval("SELECT pg_backend_pid() /* marker */")
+            async with pool.acquire() as connection:
+                assert await connection.fetchval("SELECT pg_backend_pid()") == backend
+            observer = await asyncpg.connect(database_url)
+            try:
+                last = await observer.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", backend)
+            finally:
+                await observer.close()
+            assert last == "SELECT pg_backend_pid()"
+        finally:
+            await pool.close()

@@ -173,7 +173,20 @@ async def create_pool(
         max_size=max_size,
         command_timeout=command_timeout,
         server_settings={"application_name": "mailman"},
+        reset=_keep_session,
     )
+
+
+async def _keep_session(connection: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Return a connection to the pool without asyncpg's default reset query.
+
+    The default runs ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on every
+    release: one more round trip, parsed anew each time (a simple query), for every claim and every
+    flush of the delivery engine. mailman leaves no session state behind to undo: it takes advisory
+    locks only per transaction (``pg_advisory_xact_lock``), opens cursors only inside transactions,
+    never LISTENs and never SETs. asyncpg still rolls back a transaction left open before calling
+    this (``Connection._reset``), and callbacks added with ``add_listener`` are dropped as usual.
+    """
 
 
 def encode_json(value: Mapping[str, Any]) -> str:
