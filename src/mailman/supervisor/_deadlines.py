@@ -12,10 +12,11 @@ This is an implementation detail of the library (the BEAM has timer wheels for t
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+from mailman.supervisor._loop_local import LoopLocal
 
 __all__ = ["expire_after"]
 
@@ -71,13 +72,9 @@ class _Deadlines:
             self._arm(earliest)
 
 
-_per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Deadlines] = weakref.WeakKeyDictionary()
+_per_loop: LoopLocal[_Deadlines] = LoopLocal(_Deadlines)
 
 
 def expire_after(timeout: float, future: asyncio.Future[Any], expire: Expire) -> None:
     """Call ``expire(future)`` after ``timeout`` seconds unless ``future`` is done by then."""
-    loop = asyncio.get_running_loop()
-    deadlines = _per_loop.get(loop)
-    if deadlines is None:
-        deadlines = _per_loop[loop] = _Deadlines(loop)
-    deadlines.add(timeout, future, expire)
+    _per_loop.get().add(timeout, future, expire)

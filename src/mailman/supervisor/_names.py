@@ -19,13 +19,12 @@ See also: Erlang ``register/2``, ``whereis/1``, ``{via, Module, Name}``; Elixir 
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from dataclasses import dataclass
 from typing import Protocol
 
 from mailman.supervisor._exceptions import NoProcessError
 from mailman.supervisor._exit_reason import ExitReason
+from mailman.supervisor._loop_local import LoopLocal
 from mailman.supervisor._process import ExitHook, Pid, Process
 
 __all__ = ["Name", "ServerRef", "Via", "ViaModule", "register", "registered_name", "unregister", "whereis"]
@@ -55,17 +54,8 @@ Name = str | Via
 ServerRef = Pid | Name
 """Whatever addresses a server: a pid, a local name, or a via name."""
 
-_local_names: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Process]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _table() -> dict[str, Process]:
-    loop = asyncio.get_running_loop()
-    table = _local_names.get(loop)
-    if table is None:
-        table = _local_names[loop] = {}
-    return table
+_local_names: LoopLocal[dict[str, Process]] = LoopLocal(lambda _loop: {})
+_table = _local_names.get
 
 
 def register_name(name: Name, process: Process) -> Pid | None:
