@@ -52,6 +52,9 @@ def _internal_exports() -> set[str]:
         "shutdown_children",
         "validate_intensity",
         "reset_logger",
+        "LoopLocal",
+        "request_start_child",
+        "started_child",
     }
 
 

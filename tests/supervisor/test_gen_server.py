@@ -566,6 +566,66 @@ class TestCall:
         assert isinstance(await GenServer.call(pid, "call_self"), CallingSelfError)
 
 
+class TestSendRequest:
+    """``gen_server:send_request/2`` and ``receive_response/2``: a call in two halves."""
+
+    async def test_replies_to_requests_sent_before_any_is_received(self) -> None:
+        """Several requests in flight at once are answered in the order they were sent."""
+        pid = await Stack.start(["a", "b", "c"])
+        requests = [GenServer.send_request(pid, "pop") for _ in range(3)]
+        assert [await GenServer.receive_response(request) for request in requests] == ["a", "b", "c"]
+
+    async def test_a_request_is_served_after_the_casts_sent_before_it(self) -> None:
+        """Like a call, a request keeps its place among the caller's messages."""
+        pid = await Stack.start([])
+        GenServer.cast(pid, ("push", "x"))
+        request = GenServer.send_request(pid, "pop")
+        GenServer.cast(pid, ("push", "y"))
+        assert await GenServer.receive_response(request) == "x"
+        assert GenServer.get_state(pid) == ["y"]
+
+    async def test_server_dying_first_raises_call_exit_error(self) -> None:
+        """A server that dies before replying makes ``receive_response`` raise its reason."""
+        error = RuntimeError("boom")
+        pid = await Recorder.start(Setup())
+        request = GenServer.send_request(pid, Raise(error))
+        with pytest.raises(CallExitError) as info:
+            await GenServer.receive_response(request)
+        assert info.value.reason == Crash(error)
+
+    async def test_timeout_abandons_the_request(self) -> None:
+        """No reply in time raises ``CallTimeoutError``; the late reply is dropped, nothing leaks."""
+        pid = await Deferred.start(None)
+
+        async def body() -> list[Any]:
+            request = GenServer.send_request(pid, "park")
+            with pytest.raises(CallTimeoutError) as info:
+                await GenServer.receive_response(request, timeout=0.02)
+            GenServer.cast(pid, ("release", "stale reply"))
+            answer = await GenServer.call(pid, "ping")
+            with pytest.raises(TimeoutError):
+                await otp.receive(timeout=0)
+            return [info.value.request, answer]
+
+        assert await in_process(body) == ["park", "pong"]
+
+    async def test_abandoned_request_drops_its_reply(self) -> None:
+        """``abandon_request`` forgets a request: the server's reply goes nowhere, the server runs on."""
+        pid = await Deferred.start(None)
+        request = GenServer.send_request(pid, "park")
+        GenServer.abandon_request(request)
+        GenServer.cast(pid, ("release", "nobody waits"))
+        assert await GenServer.call(pid, "ping") == "pong"
+        assert GenServer.get_state(pid) == []
+        with pytest.raises(asyncio.CancelledError):
+            await GenServer.receive_response(request)
+
+    async def test_unknown_server_raises_no_process_error_at_once(self) -> None:
+        """Sending to a name nobody holds raises ``NoProcessError`` (a documented deviation)."""
+        with pytest.raises(NoProcessError):
+            GenServer.send_request("nobody", "ping")
+
+
 class TestCast:
     async def test_cast_returns_at_once_while_the_server_is_busy(self) -> None:
         """``cast`` is a plain function that returns None without waiting for a busy server; the

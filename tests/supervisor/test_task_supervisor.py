@@ -541,19 +541,19 @@ class TestAsyncStreamNolink:
 
     async def test_shuts_down_unused_tasks(self, sup: Pid) -> None:
         """``aclose`` after the first result kills the tasks still running and waits for them."""
-        pids: list[Pid | None] = []
 
         async def first_or_block(x: int) -> int:
-            pids.append(otp.current_pid())
             if x != 0:
                 await block()
             return x
 
         stream = TaskSupervisor.async_stream_nolink(sup, [0, 1, 2, 3], first_or_block, max_concurrency=4)
         assert await anext(stream) == Ok(0)
+        unused = await TaskSupervisor.children(sup)
         await stream.aclose()
         assert await TaskSupervisor.children(sup) == []
-        assert [otp.exit_reason(pid) for pid in pids if pid is not None][1:] == [KILLED] * 3
+        assert len(unused) == 3
+        assert [otp.exit_reason(pid) for pid in unused] == [KILLED] * 3
 
     async def test_shuts_down_unused_tasks_without_leaking_messages(self, sup: Pid) -> None:
         """Leaving the stream with ``break`` kills the remaining tasks and leaves no message."""

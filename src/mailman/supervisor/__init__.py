@@ -87,6 +87,7 @@ from mailman.supervisor._gen_server import (
     Init,
     NoReply,
     Reply,
+    RequestId,
     Stop,
 )
 from mailman.supervisor._names import (
@@ -201,6 +202,7 @@ __all__ = [
     "RegisterMessage",
     "Registry",
     "Reply",
+    "RequestId",
     "Restart",
     "RestartIntensity",
     "Restarting",

@@ -58,12 +58,22 @@ from mailman.supervisor._child_start import ChildStartFailure, FailedReply, star
 from mailman.supervisor._clock import INFINITY, Clock, MonotonicClock
 from mailman.supervisor._exceptions import ChildNotFoundError, MaxChildrenError
 from mailman.supervisor._exit_reason import NORMAL, SHUTDOWN, ExitReason, is_expected
-from mailman.supervisor._gen_server import IGNORE, From, GenServer, Ignore, Init, NoReply, Reply, Stop
+from mailman.supervisor._gen_server import (
+    IGNORE,
+    From,
+    GenServer,
+    Ignore,
+    Init,
+    NoReply,
+    Reply,
+    RequestId,
+    Stop,
+)
 from mailman.supervisor._names import Name, ServerRef
 from mailman.supervisor._process import ExitMessage, Pid, current_process, send, trap_exit
 from mailman.supervisor._restart_intensity import RestartIntensity, validate_intensity
 
-__all__ = ["DynamicSupervisor", "DynamicSupervisorSpec"]
+__all__ = ["DynamicSupervisor", "DynamicSupervisorSpec", "request_start_child", "started_child"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,14 +158,7 @@ class DynamicSupervisor:
 
         Raises :class:`MaxChildrenError` when full, :class:`StartError` when the start fails.
         """
-        if not isinstance(spec, ChildSpec):
-            raise TypeError(f"expected a ChildSpec, got {spec!r}")
-        if spec.significant:
-            # Elixir's {:error, {:invalid_significant, true}}: there is no auto_shutdown here.
-            raise ValueError(
-                "a DynamicSupervisor child cannot be significant (invalid_significant): "
-                "use a Supervisor with auto_shutdown for significant children"
-            )
+        _check_dynamic_spec(spec)
         return unwrap_reply(await GenServer.call(supervisor, _StartChild(spec), INFINITY))  # type: ignore[no-any-return]
 
     @staticmethod
@@ -182,6 +185,33 @@ class DynamicSupervisor:
     async def stop(supervisor: ServerRef, reason: ExitReason = NORMAL, timeout: float = INFINITY) -> None:
         """Stop the supervisor and, all at once, its children."""
         await GenServer.stop(supervisor, reason, timeout)
+
+
+def _check_dynamic_spec(spec: ChildSpec) -> None:
+    if not isinstance(spec, ChildSpec):
+        raise TypeError(f"expected a ChildSpec, got {spec!r}")
+    if spec.significant:
+        # Elixir's {:error, {:invalid_significant, true}}: there is no auto_shutdown here.
+        raise ValueError(
+            "a DynamicSupervisor child cannot be significant (invalid_significant): "
+            "use a Supervisor with auto_shutdown for significant children"
+        )
+
+
+def request_start_child(supervisor: ServerRef, spec: ChildSpec) -> RequestId:
+    """Ask for a child to be started without waiting (for the library's streams).
+
+    :meth:`DynamicSupervisor.start_child` in two halves, as ``gen_server:send_request/2``: several
+    requests sent before their replies are received are served in one turn of the supervisor.
+    Collect each reply with :func:`started_child`.
+    """
+    _check_dynamic_spec(spec)
+    return GenServer.send_request(supervisor, _StartChild(spec))
+
+
+async def started_child(request: RequestId) -> Pid | None:
+    """The reply to :func:`request_start_child`: the pid, None if ignored; raises as ``start_child``."""
+    return unwrap_reply(await GenServer.receive_response(request, INFINITY))  # type: ignore[no-any-return]
 
 
 class _State:

@@ -109,6 +109,7 @@ __all__ = [
     "Init",
     "NoReply",
     "Reply",
+    "RequestId",
     "Stop",
 ]
 
@@ -216,6 +217,24 @@ def _time_out(future: asyncio.Future[Any]) -> None:
         future.set_exception(_CallTimedOut())
 
 
+class RequestId:
+    """A call sent with :meth:`GenServer.send_request` whose reply is still to be received.
+
+    Erlang's ``gen_server:request_id()``. Pass it to :meth:`GenServer.receive_response` once.
+    """
+
+    __slots__ = ("_future", "_process", "_request", "_server")
+
+    def __init__(self, server: object, request: Any, process: Process, future: asyncio.Future[Any]) -> None:
+        self._server = server
+        self._request = request
+        self._process = process
+        self._future = future
+
+    def __repr__(self) -> str:
+        return f"<RequestId {self._request!r} to {self._server!r}>"
+
+
 @dataclass(frozen=True, slots=True)
 class _SystemStop:
     reason: ExitReason
@@ -224,6 +243,33 @@ class _SystemStop:
 def _fail_call(future: asyncio.Future[Any], server: object, _p: Process, reason: ExitReason) -> None:
     if not future.done():
         future.set_exception(CallExitError(server, reason))
+
+
+def _send_call(server: ServerRef, request: Any) -> tuple[Process, asyncio.Future[Any]]:
+    """Put a call in the server's mailbox: its process, and the future its reply will land in."""
+    process = resolve(server)
+    caller = _current.get()
+    if process is caller:
+        raise CallingSelfError(f"{server!r} called itself with {request!r}")
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    process.add_exit_hook(future, functools.partial(_fail_call, future, server))
+    process.mailbox.put(_Call(request, From(future, None if caller is None else caller.pid)))
+    return process, future
+
+
+async def _await_reply(
+    server: object, request: Any, process: Process, future: asyncio.Future[Any], timeout: float
+) -> Any:
+    """Wait for the reply to a call put in ``process``'s mailbox, up to ``timeout`` seconds."""
+    try:
+        if timeout == INFINITY or future.done():
+            return await future
+        expire_after(timeout, future, _time_out)
+        return await future
+    except _CallTimedOut:
+        raise CallTimeoutError(server, request, timeout) from None
+    finally:
+        process.remove_exit_hook(future)
 
 
 def _fail_start(future: asyncio.Future[Pid], _p: Process, reason: ExitReason) -> None:
@@ -316,26 +362,48 @@ class GenServer(Generic[S]):
         Raises :class:`NoProcessError` (no such server), :class:`CallTimeoutError`,
         :class:`CallExitError` (the server died first), :class:`CallingSelfError`.
         """
-        process = resolve(server)
-        caller = _current.get()
-        if process is caller:
-            raise CallingSelfError(f"{server!r} called itself with {request!r}")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        process.add_exit_hook(future, functools.partial(_fail_call, future, server))
-        process.mailbox.put(_Call(request, From(future, None if caller is None else caller.pid)))
-        if timeout == INFINITY:
-            try:
-                return await future
-            finally:
-                process.remove_exit_hook(future)
-        expire_after(timeout, future, _time_out)
-        try:
-            return await future
-        except _CallTimedOut:
-            raise CallTimeoutError(server, request, timeout) from None
-        finally:
-            process.remove_exit_hook(future)
+        process, future = _send_call(server, request)
+        return await _await_reply(server, request, process, future, timeout)
+
+    @staticmethod
+    def send_request(server: ServerRef, request: Any) -> RequestId:
+        """Send ``request`` as a call, without waiting: ``gen_server:send_request/2``.
+
+        The reply is collected with :meth:`receive_response`. Sending several requests before
+        receiving any lets servers answer them in one turn each, where a ``call`` per request would
+        wait for a round trip every time::
+
+            ids = [GenServer.send_request(server, Fetch(key)) for key in keys]
+            values = [await GenServer.receive_response(request_id) for request_id in ids]
+
+        Deviation: a server that does not exist raises :class:`NoProcessError` here at once (OTP
+        reports ``noproc`` from ``receive_response``), as :meth:`call` does.
+        """
+        process, future = _send_call(server, request)
+        return RequestId(server, request, process, future)
+
+    @staticmethod
+    async def receive_response(request_id: RequestId, timeout: float = DEFAULT_CALL_TIMEOUT) -> Any:
+        """The reply to a :meth:`send_request`: ``gen_server:receive_response/2``.
+
+        Raises as :meth:`call` does: :class:`CallExitError` if the server died before replying,
+        :class:`CallTimeoutError` after ``timeout`` seconds, after which the request is abandoned
+        (a late reply is dropped), as OTP's ``receive_response`` abandons it.
+        """
+        return await _await_reply(
+            request_id._server, request_id._request, request_id._process, request_id._future, timeout
+        )
+
+    @staticmethod
+    def abandon_request(request_id: RequestId) -> None:
+        """Forget a request whose reply is no longer wanted; a late reply is dropped.
+
+        What a ``receive_response`` that times out at once does in OTP; here without waiting.
+        """
+        future = request_id._future
+        request_id._process.remove_exit_hook(future)
+        if not future.done():
+            future.cancel()
 
     @staticmethod
     def cast(server: ServerRef, request: Any) -> None:

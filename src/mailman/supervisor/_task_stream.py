@@ -64,9 +64,10 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from mailman.supervisor._child_spec import BrutalKill, ChildSpec, Restart
-from mailman.supervisor._dynamic_supervisor import DynamicSupervisor
+from mailman.supervisor._dynamic_supervisor import request_start_child, started_child
 from mailman.supervisor._exceptions import StartIgnored, StreamTimeoutError
 from mailman.supervisor._exit_reason import KILL, TIMEOUT, ExitReason
+from mailman.supervisor._gen_server import GenServer, RequestId
 from mailman.supervisor._names import ServerRef
 from mailman.supervisor._process import (
     Pid,
@@ -114,13 +115,13 @@ class _StreamTask:
 
 
 async def _start_stream_task(core: _StreamCore) -> Pid:
-    """The start function of the stream's one ChildSpec: starts the item the consumer is waiting on.
+    """The start function of the stream's one ChildSpec: starts the next item the consumer sent.
 
-    It runs in the supervisor, so the task is linked to it. The consumer starts one task at a time,
-    so one spec per stream and a ``pending`` slot replace a new spec per item.
+    It runs in the supervisor, so the task is linked to it. One spec serves the whole stream: the
+    consumer queues each item in ``pending`` as it sends the start request, and the supervisor,
+    serving requests in order, takes them in the same order.
     """
-    pending = core.pending
-    core.pending = None
+    pending = core.pending.popleft() if core.pending else None
     if pending is None or core.closing:
         raise StartIgnored  # the consumer left while this start was queued: start nothing
     task, item = pending
@@ -223,7 +224,7 @@ class _StreamCore:
         self.closed = False  # iteration over
         self.all_gone: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None  # armed for the earliest running deadline
-        self.pending: tuple[_StreamTask, Any] | None = None  # the task being started, and its item
+        self.pending: deque[tuple[_StreamTask, Any]] = deque()  # tasks asked for, not started yet
         self.spec = ChildSpec(
             id=None, start=_start_stream_task, args=(self,), restart=Restart.TEMPORARY, shutdown=shutdown
         )
@@ -243,13 +244,6 @@ class _StreamCore:
                     raise self.failure
                 if self.closed:  # closed by someone else while this call waited
                     raise StopAsyncIteration
-                if (
-                    not self.exhausted
-                    and not self.closing
-                    and self.spawned - self.delivered < self.max_concurrency
-                ):
-                    await self._spawn_next()
-                    continue
                 if self.ordered:
                     result = self.done.pop(self.delivered, None)
                 else:
@@ -257,6 +251,11 @@ class _StreamCore:
                 if result is not None:
                     self.delivered += 1
                     return result
+                # Nothing to give: fill every free slot, in one batch (see _spawn_batch).
+                room = self.max_concurrency - (self.spawned - self.delivered)
+                if room > 0 and not self.exhausted and not self.closing:
+                    await self._spawn_batch(room)
+                    continue
                 if self.spawned == self.delivered and (self.exhausted or self.closing):
                     self.closed = True
                     if self.timer is not None:
@@ -278,30 +277,60 @@ class _StreamCore:
             self.kill_all()
             raise
 
-    async def _spawn_next(self) -> None:
+    async def _spawn_batch(self, room: int) -> None:
+        """Start a task for each of up to ``room`` more items.
+
+        Each item's start request goes to the supervisor as soon as the item is pulled, and the
+        replies are collected after the last one (``gen_server:send_request/2``): the supervisor
+        starts the whole batch in one turn instead of one call's round trip per item. Results are
+        handed out before a batch is started, so a batch holds every slot freed since the last.
+        """
+        requests: list[RequestId] = []
         try:
-            if self.async_source:
-                item = await anext(self.source)  # type: ignore[arg-type]
-            else:
-                item = next(self.source)  # type: ignore[arg-type]
-        except (StopIteration, StopAsyncIteration):
-            self.exhausted = True
-            return
-        index = self.spawned
-        task = _StreamTask(self, index, item if self.zip_input else None)
-        self.running[index] = task  # before the start: the task may end before the reply comes back
-        self.spawned = index + 1
-        self.pending = (task, item)
-        try:
-            pid = await DynamicSupervisor.start_child(self.supervisor, self.spec)
-        except BaseException:
-            if task.process is None:  # never started (or its queued start will be ignored)
-                self.running.pop(index, None)
-                self.spawned = index
-            raise
-        if pid is None:  # ignored: the stream was closed meanwhile
-            self.running.pop(index, None)
-            self.spawned = index
+            for _ in range(room):
+                try:
+                    if self.async_source:
+                        item = await anext(self.source)  # type: ignore[arg-type]
+                    else:
+                        item = next(self.source)  # type: ignore[arg-type]
+                except (StopIteration, StopAsyncIteration):
+                    self.exhausted = True
+                    break
+                if self.closing:  # closed while the source was awaited: that item is dropped
+                    break
+                index = self.spawned
+                task = _StreamTask(self, index, item if self.zip_input else None)
+                self.running[index] = task  # before the start: the task may end before the reply
+                self.spawned = index + 1
+                self.pending.append((task, item))
+                try:
+                    requests.append(request_start_child(self.supervisor, self.spec))
+                except BaseException:
+                    self.pending.pop()
+                    del self.running[index]
+                    self.spawned = index
+                    raise
+        finally:
+            await self._collect_starts(requests)
+
+    async def _collect_starts(self, requests: list[RequestId]) -> None:
+        """Receive every start reply of a batch; raise the first failure once all are in."""
+        failure: BaseException | None = None
+        for position, request in enumerate(requests):
+            try:
+                await started_child(request)
+            except BaseException as error:
+                if not isinstance(error, Exception):  # cancelled: stop waiting, forget the rest
+                    for unanswered in requests[position + 1 :]:
+                        GenServer.abandon_request(unanswered)
+                    self.pending.clear()
+                    raise
+                failure = failure or error
+        if failure is not None:
+            # Starts that did not happen leave their tasks without a process; the stream closes
+            # (the consumer sees this error), and closing drops those tasks.
+            self.pending.clear()
+            raise failure
 
     async def close(self) -> None:
         """Kill every task still running and wait until all are gone."""
