@@ -417,6 +417,25 @@ class TestOutcomes:
         assert pool.stats().open_connections == 0
         assert isinstance(await send(pool), Delivered)  # a fresh connection
 
+    async def test_a_late_reply_times_out_while_other_connections_keep_sending(
+        self, smtp_sink: SmtpSink, make_pool: PoolFactory
+    ) -> None:
+        """One timer watches every connection's reply: sends on another connection, which keep moving
+        their own deadlines on, do not postpone the held one's timeout."""
+        pool = make_pool(timeout=0.2, size=2)
+        hold = smtp_sink.hold("RCPT")
+        held = asyncio.create_task(send(pool, "held@example.org"))
+        await hold.reached.wait()
+        others = 0
+        while not held.done():
+            assert isinstance(await send(pool, "busy@example.org"), Delivered)
+            others += 1
+        hold.release()
+        result = held.result()
+        assert (type(result), result.code, result.phase) == (Transient, None, SmtpPhase.RCPT)
+        assert result.reply == "Timed out waiting for server response"
+        assert others > 1
+
     async def test_refused_connection_is_a_transport_fault(
         self, smtp_sink: SmtpSink, make_pool: PoolFactory
     ) -> None:

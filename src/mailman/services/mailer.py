@@ -215,12 +215,14 @@ class PoolStats:
 
 
 class _Connection:
-    __slots__ = ("client", "idle_since", "messages")
+    __slots__ = ("client", "idle_since", "messages", "reply_due", "timed_out")
 
     def __init__(self, client: aiosmtplib.SMTP, now: float) -> None:
         self.client = client
         self.messages = 0
         self.idle_since = now
+        self.reply_due = math.inf  # event-loop time by which the awaited reply must have come
+        self.timed_out = False
 
 
 class _ConnectFailed(Exception):
@@ -270,6 +272,9 @@ class SmtpPool:
         self._closed = False
         self._connections_opened = 0
         self._messages_sent = 0
+        # Connections in a mail transaction, and the one timer that gives up their late replies.
+        self._transacting: set[_Connection] = set()
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"SmtpPool({self.url}, size={self._size}, open={self._open}, closed={self._closed})"
@@ -500,57 +505,60 @@ class SmtpPool:
         timeout = self._timeout
         loop = asyncio.get_running_loop()
         phase = SmtpPhase.MAIL
-        # Each reply must come within ``timeout``, as aiosmtplib's own timeouts would have it; one
-        # deadline rescheduled before each command rather than asyncio.wait_for around each read,
-        # which costs an extra future and a trip through the event loop per command (measured: about
-        # 5 us a command, 4 commands a message). An expiry is turned into aiosmtplib's timeout below.
-        deadline = asyncio.timeout(None)
+        # Each reply must come within ``timeout``, as aiosmtplib's own timeouts would have it. Rather
+        # than a timer per command (asyncio.wait_for or a rescheduled asyncio.timeout: a timer
+        # handle made and cancelled four times a message), each command writes down when its reply
+        # is due, and one timer for the whole pool (see _on_watchdog) aborts a connection whose
+        # reply is late, which fails the read at once; that failure is turned into aiosmtplib's
+        # timeout below.
+        self._transacting.add(connection)
+        connection.reply_due = loop.time() + timeout
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(connection.reply_due, self._on_watchdog)
         try:
-            async with deadline:
-                deadline.reschedule(loop.time() + timeout)
-                # MAIL and RCPT written directly rather than with aiosmtplib's mail() and rcpt(), which
-                # parse each address with email.utils.parseaddr (tens of microseconds a message): the
-                # addresses were checked in send() (bare ASCII, no <>, spaces or quotes), and EHLO was
-                # done when the connection opened. The replies are checked as aiosmtplib checks them.
-                mail = [b"MAIL", b"FROM:<" + envelope_from.encode("ascii") + b">"]
-                if client.supports_extension("size"):
-                    mail.append(b"SIZE=%d" % len(data))
-                reply = await client.execute_command(*mail, timeout=None)
-                if reply.code != 250:
-                    raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, envelope_from)
-                phase = SmtpPhase.RCPT
-                deadline.reschedule(loop.time() + timeout)
-                reply = await client.execute_command(
-                    b"RCPT", b"TO:<" + recipient.encode("ascii") + b">", timeout=None
-                )
-                if reply.code not in (250, 251):
-                    raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
-                phase = SmtpPhase.DATA
-                deadline.reschedule(loop.time() + timeout)
-                reply = await client.execute_command(b"DATA", timeout=None)
-                if reply.code != 354:
-                    raise aiosmtplib.SMTPDataError(reply.code, reply.message)
-                # aiosmtplib's data() sends DATA and the message in one call; done in two steps here so
-                # that a failure before the final dot (safe to retry) is told apart from one after it.
-                protocol = client.protocol
-                if protocol is None:
-                    raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-                stuffed = _LEADING_DOT.sub(b"..", data) if data.startswith(b".") or b"\n." in data else data
-                protocol.write(stuffed + b".\r\n")
-                phase = SmtpPhase.END_OF_DATA
-                deadline.reschedule(loop.time() + timeout)
-                reply = await protocol.read_response(timeout=None)
+            # MAIL and RCPT written directly rather than with aiosmtplib's mail() and rcpt(), which
+            # parse each address with email.utils.parseaddr (tens of microseconds a message): the
+            # addresses were checked in send() (bare ASCII, no <>, spaces or quotes), and EHLO was
+            # done when the connection opened. The replies are checked as aiosmtplib checks them.
+            mail = [b"MAIL", b"FROM:<" + envelope_from.encode("ascii") + b">"]
+            if client.supports_extension("size"):
+                mail.append(b"SIZE=%d" % len(data))
+            reply = await client.execute_command(*mail, timeout=None)
+            if reply.code != 250:
+                raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, envelope_from)
+            phase = SmtpPhase.RCPT
+            connection.reply_due = loop.time() + timeout
+            reply = await client.execute_command(
+                b"RCPT", b"TO:<" + recipient.encode("ascii") + b">", timeout=None
+            )
+            if reply.code not in (250, 251):
+                raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
+            phase = SmtpPhase.DATA
+            connection.reply_due = loop.time() + timeout
+            reply = await client.execute_command(b"DATA", timeout=None)
+            if reply.code != 354:
+                raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+            # aiosmtplib's data() sends DATA and the message in one call; done in two steps here so
+            # that a failure before the final dot (safe to retry) is told apart from one after it.
+            protocol = client.protocol
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+            stuffed = _LEADING_DOT.sub(b"..", data) if data.startswith(b".") or b"\n." in data else data
+            protocol.write(stuffed + b".\r\n")
+            phase = SmtpPhase.END_OF_DATA
+            connection.reply_due = loop.time() + timeout
+            reply = await protocol.read_response(timeout=None)
         except Exception as exc:
-            error = exc
-            if deadline.expired():
-                # As aiosmtplib does on a read timeout: the session is out of step, close it.
-                client.close()
-                error = aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response")
-            result = _failure(error, phase)
-            if phase is SmtpPhase.END_OF_DATA:
-                self._messages_sent += 1
-                connection.messages += 1
-            return result, await self._after_failure(client, result, phase)
+            connection.reply_due = math.inf  # the RSET that may follow has its own timeout
+            return await self._failed(connection, exc, phase)
+        finally:
+            self._transacting.discard(connection)
+            connection.reply_due = math.inf
+        return self._finished(connection, reply)
+
+    def _finished(self, connection: _Connection, reply: aiosmtplib.SMTPResponse) -> tuple[SendResult, bool]:
+        """The outcome of a transaction that got its end-of-DATA reply."""
+        client = connection.client
         self._messages_sent += 1
         connection.messages += 1
         if not 200 <= reply.code <= 599:
@@ -561,6 +569,21 @@ class SmtpPool:
         if reply.code == 421:
             client.close()
         return result, client.is_connected
+
+    async def _failed(
+        self, connection: _Connection, error: Exception, phase: SmtpPhase
+    ) -> tuple[SendResult, bool]:
+        """The outcome of a transaction that failed in ``phase``, and whether the connection lives on."""
+        client = connection.client
+        if connection.timed_out:
+            # As aiosmtplib does on a read timeout: the session is out of step, close it.
+            client.close()
+            error = aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response")
+        result = _failure(error, phase)
+        if phase is SmtpPhase.END_OF_DATA:
+            self._messages_sent += 1
+            connection.messages += 1
+        return result, await self._after_failure(client, result, phase)
 
     async def _after_failure(self, client: aiosmtplib.SMTP, result: SendResult, phase: SmtpPhase) -> bool:
         code = result.code
@@ -575,6 +598,29 @@ class SmtpPool:
             client.close()
             return False
         return client.is_connected
+
+    def _on_watchdog(self) -> None:
+        """The pool's reply timer: abort every connection whose reply is overdue, then re-arm.
+
+        Armed for the earliest reply due when it was set; by the time it fires most of those replies
+        have come and later commands have moved the dues on, so it re-arms for the earliest one left.
+        """
+        self._watchdog = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        earliest = math.inf
+        for connection in self._transacting:
+            due = connection.reply_due
+            if due <= now:
+                connection.timed_out = True
+                connection.reply_due = math.inf
+                transport = connection.client.transport
+                if isinstance(transport, asyncio.WriteTransport):
+                    transport.abort()  # the awaited read fails with "connection lost" at once
+            elif due < earliest:
+                earliest = due
+        if earliest != math.inf:
+            self._watchdog = loop.call_at(earliest, self._on_watchdog)
 
     async def _quit(self, connection: _Connection) -> None:
         try:
