@@ -13,9 +13,12 @@ minimal aiosmtpd server on 127.0.0.1 that counts what it accepts and throws it a
   from ``send_letter`` to the letter being ``sent``. Each run is a fresh process, so that its peak
   RSS (``VmHWM``) is its own. The sink must have received exactly the audience.
 
-The bare limit is measured again right before each engine run, so that both see the same machine:
-on a shared machine the rates move with its load (printed in the header), the CPU costs much less.
-``--profile FILE`` runs only the smaller engine run, under cProfile, and prints its hot spots.
+Each size is measured in paired rounds (3 by default, ``--rounds``): the bare limit, then right
+after it the engine, so that both see the same machine; on a shared machine the rates move with its
+load (printed in the header), the CPU costs much less. The figures printed are the medians over the
+rounds, and "vs bare" is the median of the rounds' own ratios (as bench/supervisor.py does), never a
+best bare run set against one engine run. Peak RSS is the largest of the rounds.
+``--profile FILE`` runs only one smaller engine run, under cProfile, and prints its hot spots.
 
 CPU is counted per 1,000 messages for each process apart: the bench (or engine) process
 (``time.process_time``), the sink, and Postgres (the postmaster and all its backends, from
@@ -29,16 +32,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -416,20 +421,16 @@ class EngineResult:
         return self.received == self.audience and self.status == "sent"
 
 
-def measure_bare(sink: Sink, messages: list[tuple[str, bytes]], rounds: int) -> BareResult:
-    """The best of ``rounds`` runs of the bare pool; checks that the sink got every message."""
-    best = BareResult(0.0, 0.0, 0.0)
-    for _ in range(rounds):
-        sink.reset()
-        sink_cpu = process_cpu(sink.pid)
-        rate, cpu = asyncio.run(bare_rate(sink.port, messages))
-        sink_cpu = (process_cpu(sink.pid) - sink_cpu) / len(messages) * 1000
-        received = sink.count()
-        if received != len(messages):
-            raise RuntimeError(f"the sink received {received} messages of {len(messages)}")
-        if rate > best.rate:
-            best = BareResult(rate, cpu, sink_cpu)
-    return best
+def measure_bare(sink: Sink, messages: list[tuple[str, bytes]]) -> BareResult:
+    """One run of the bare pool; checks that the sink got every message."""
+    sink.reset()
+    sink_cpu = process_cpu(sink.pid)
+    rate, cpu = asyncio.run(bare_rate(sink.port, messages))
+    sink_cpu = (process_cpu(sink.pid) - sink_cpu) / len(messages) * 1000
+    received = sink.count()
+    if received != len(messages):
+        raise RuntimeError(f"the sink received {received} messages of {len(messages)}")
+    return BareResult(rate, cpu, sink_cpu)
 
 
 def measure_engine(
@@ -468,88 +469,120 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:,.0f}"
 
 
-def main(quick: bool, profile: str | None) -> None:
+@dataclass
+class PairedRounds:
+    """The rounds of one audience size: each a bare run and the engine run right after it."""
+
+    audience: int
+    rounds: list[tuple[BareResult, EngineResult]]
+
+    def median(self, figure: Callable[[BareResult, EngineResult], float]) -> float:
+        return statistics.median(figure(bare, engine) for bare, engine in self.rounds)
+
+    @property
+    def ratios(self) -> list[float]:
+        return [engine.rate / bare.rate for bare, engine in self.rounds]
+
+    @property
+    def ok(self) -> bool:
+        return all(engine.ok for _, engine in self.rounds)
+
+
+def main(quick: bool, profile: str | None, rounds: int) -> None:
     audiences = (2_000, 10_000) if quick else (10_000, 100_000)
     if profile:
-        audiences = audiences[:1]
+        audiences, rounds = audiences[:1], 1
     bare_count = 5_000 if quick else 20_000
-    rounds = 1 if quick else 2
     load = os.getloadavg()[0]
     pgdata = tempfile.mkdtemp(prefix="mailman-bench-pg-")
     server = start_postgres(pgdata)
     sink = Sink()
-    measured: list[tuple[BareResult, EngineResult]] = []
+    measured: list[PairedRounds] = []
     try:
         uri = server.get_uri("bench")
         postmaster = int(Path(pgdata, "postmaster.pid").read_text().split()[0])
         asyncio.run(create_database(server.get_uri(), uri))
         messages = prebuilt_messages(bare_count)
-        for run, audience in enumerate(audiences, start=1):
-            # The bare limit right before each engine run, so that both see the same machine.
-            bare = measure_bare(sink, messages, rounds)
-            measured.append((bare, measure_engine(uri, sink, postmaster, audience, run=run, profile=profile)))
+        letters = itertools.count(1)
+        for audience in audiences:
+            paired = PairedRounds(audience, [])
+            for _ in range(rounds):
+                # The bare limit right before each engine run, so that both see the same machine.
+                bare = measure_bare(sink, messages)
+                engine = measure_engine(uri, sink, postmaster, audience, run=next(letters), profile=profile)
+                paired.rounds.append((bare, engine))
+            measured.append(paired)
     finally:
         sink.stop()
         server.cleanup()
         shutil.rmtree(pgdata, ignore_errors=True)
     if profile:
-        report_profile(profile, measured[0][1], measured[0][0])
+        bare, engine = measured[0].rounds[0]
+        report_profile(profile, engine, bare)
         return
 
     header = ("", "rate", "vs bare", "CPU ms per 1,000 msgs: bench | sink | postgres", "peak RSS", "sink got")
     rows = []
-    for bare, result in measured:
+    for paired in measured:
         rows.append(
             (
                 f"bare: {BARE_CONNECTIONS} aiosmtplib connections, no database, "
                 f"new one every {RECYCLE_AFTER}",
-                f"{bare.rate:,.0f} msg/s",
+                f"{paired.median(lambda b, _: b.rate):,.0f} msg/s",
                 "",
-                f"{_ms(bare.cpu_bench)} | {_ms(bare.cpu_sink)} | -",
+                f"{_ms(paired.median(lambda b, _: b.cpu_bench))} | "
+                f"{_ms(paired.median(lambda b, _: b.cpu_sink))} | -",
                 "",
-                f"{bare_count:,}",
+                f"{bare_count:,} each",
             )
         )
+        ratios = paired.ratios
         rows.append(
             (
-                f"engine: a letter to {result.audience:,} (pool of {POOL_SIZE})",
-                f"{result.rate:,.0f} msg/s",
-                f"{result.rate / bare.rate:.0%} (target >= 80%)",
-                f"{_ms(result.cpu_bench)} | {_ms(result.cpu_sink)} | {_ms(result.cpu_postgres)}",
-                f"{result.peak_rss_mb:,.1f} MB",
-                f"{result.received:,}" + ("" if result.ok else f" MISMATCH (letter {result.status})"),
+                f"engine: a letter to {paired.audience:,} (pool of {POOL_SIZE})",
+                f"{paired.median(lambda _, e: e.rate):,.0f} msg/s",
+                f"{statistics.median(ratios):.0%} ({min(ratios):.0%}-{max(ratios):.0%}; target >= 80%)",
+                f"{_ms(paired.median(lambda _, e: e.cpu_bench))} | "
+                f"{_ms(paired.median(lambda _, e: e.cpu_sink))} | "
+                f"{_ms(paired.median(lambda _, e: e.cpu_postgres))}",
+                f"{max(e.peak_rss_mb for _, e in paired.rounds):,.1f} MB",
+                f"{paired.audience:,} each" if paired.ok else "MISMATCH",
             )
         )
-    small, large = (result for _, result in measured)
-    growth = large.peak_rss_mb - small.peak_rss_mb
+    small, large = (max(e.peak_rss_mb for _, e in paired.rounds) for paired in measured)
     rows.append(
         (
-            f"peak RSS growth, {small.audience:,} -> {large.audience:,} recipients",
+            f"peak RSS growth, {measured[0].audience:,} -> {measured[1].audience:,} recipients",
             "",
             "",
             "",
-            f"{growth:+,.1f} MB (target <= 50 MB)",
+            f"{large - small:+,.1f} MB (target <= 50 MB)",
             "",
         )
     )
     print(
         f"mailman delivery benchmark ({'quick' if quick else 'full'}; {os.cpu_count()} CPUs, load {load:.1f} "
         f"at start; sink: aiosmtpd in another process; Postgres: embedded, fsync off; "
-        f"bare: best of {rounds} x {bare_count:,} right before each engine run)"
+        f"medians of {rounds} paired rounds: bare {bare_count:,} messages, then the engine)"
     )
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    for paired in measured:
+        print(
+            f"rounds at {paired.audience:,}: engine/bare "
+            + ", ".join(f"{e.rate:,.0f}/{b.rate:,.0f} = {e.rate / b.rate:.0%}" for b, e in paired.rounds)
+        )
     totals = ", ".join(
-        f"bare {_ms(bare.cpu_bench + bare.cpu_sink)} / "
-        f"engine {_ms(r.cpu_bench + r.cpu_sink + r.cpu_postgres)} ({r.audience:,})"
-        for bare, r in measured
+        f"bare {_ms(p.median(lambda b, _: b.cpu_bench + b.cpu_sink))} / "
+        f"engine {_ms(p.median(lambda _, e: e.cpu_bench + e.cpu_sink + e.cpu_postgres))} ({p.audience:,})"
+        for p in measured
     )
     print(
         f"CPU ms per 1,000 msgs, all processes: {totals}. The sink alone needs most of a core, so at the "
         f"bare rate the engine and Postgres must fit in what is left of the {os.cpu_count()} CPUs."
     )
-    if not all(result.ok for _, result in measured):
+    if not all(paired.ok for paired in measured):
         sys.exit("the sink did not receive exactly the audience")
 
 
@@ -561,6 +594,7 @@ if __name__ == "__main__":
         metavar="FILE",
         help="only the smaller engine run, under cProfile: stats into FILE, hot spots printed",
     )
+    parser.add_argument("--rounds", type=int, default=3, help="paired rounds per audience size (default 3)")
     parser.add_argument("--sink", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--engine-run", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -569,4 +603,4 @@ if __name__ == "__main__":
     elif args.engine_run:
         print(json.dumps(asyncio.run(engine_run(*json.loads(args.engine_run)))))
     else:
-        main(args.quick, args.profile)
+        main(args.quick, args.profile, args.rounds)
