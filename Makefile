@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench demo clean
+.PHONY: install test lint bench chaos demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet --upgrade pip && $(BIN)/pip install --quiet -e '.[dev]' && touch $(STAMP)
@@ -19,6 +19,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/supervisor.py && $(BIN)/python bench/delivery.py
+
+chaos: $(STAMP)
+	$(BIN)/python bench/chaos.py $(ARGS)
 
 demo: $(STAMP)
 	$(BIN)/mailman demo
