@@ -29,6 +29,9 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 
 TABLES = {"users", "newsletters", "subscriptions", "letters", "deliveries", "newsletter_emails"}
 
+SHIPPED = [(1, "initial"), (2, "letter_leases")]
+"""The migrations this version of mailman ships, in order."""
+
 
 @pytest.fixture
 async def connection(empty_database_url: str) -> AsyncIterator[asyncpg.Connection[asyncpg.Record]]:
@@ -54,12 +57,18 @@ class TestMigrate:
     async def test_applies_the_shipped_schema_to_an_empty_database(
         self, connection: asyncpg.Connection[asyncpg.Record]
     ) -> None:
-        """The shipped migrations create every table of the data model, and the lease-token sequence."""
+        """The shipped migrations create every table of the data model, the lease-token sequences of
+        deliveries and letters, and the letters' lease columns."""
         applied = await migrate(connection)
 
-        assert [(m.version, m.name) for m in applied] == [(1, "initial")]
+        assert [(m.version, m.name) for m in applied] == SHIPPED
         assert TABLES | {"mailman_migrations"} <= await table_names(connection)
         assert await connection.fetchval("SELECT to_regclass('delivery_lease_token')") is not None
+        assert await connection.fetchval("SELECT to_regclass('letter_lease_token')") is not None
+        columns = await connection.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'letters'"
+        )
+        assert {"owner_node", "owner_token", "lease_expires_at"} <= {row["column_name"] for row in columns}
 
     async def test_records_version_name_and_checksum(
         self, connection: asyncpg.Connection[asyncpg.Record]
@@ -67,17 +76,18 @@ class TestMigrate:
         """Each applied file is recorded with the sha256 of its bytes."""
         await migrate(connection)
 
-        [record] = await applied_migrations(connection)
-        content = (DEFAULT_DIRECTORY / "0001_initial.sql").read_bytes()
-        assert (record.version, record.name) == (1, "initial")
-        assert record.checksum == hashlib.sha256(content).hexdigest()
+        records = await applied_migrations(connection)
+        assert [(record.version, record.name) for record in records] == SHIPPED
+        for record in records:
+            content = (DEFAULT_DIRECTORY / f"{record.version:04d}_{record.name}.sql").read_bytes()
+            assert record.checksum == hashlib.sha256(content).hexdigest()
 
     async def test_second_run_applies_nothing(self, connection: asyncpg.Connection[asyncpg.Record]) -> None:
         """Re-running the migrator on an up-to-date database changes nothing."""
         await migrate(connection)
 
         assert await migrate(connection) == []
-        assert len(await applied_migrations(connection)) == 1
+        assert len(await applied_migrations(connection)) == len(SHIPPED)
 
     async def test_applies_files_in_version_order(
         self, connection: asyncpg.Connection[asyncpg.Record], tmp_path: Path
@@ -160,8 +170,29 @@ class TestMigrate:
         finally:
             await other.close()
 
-        assert sorted(m.version for m in first + second) == [1]
-        assert len(await applied_migrations(connection)) == 1
+        assert sorted(m.version for m in first + second) == [version for version, _ in SHIPPED]
+        assert len(await applied_migrations(connection)) == len(SHIPPED)
+
+
+    async def test_the_lease_migration_applies_to_letters_written_before_it(
+        self, connection: asyncpg.Connection[asyncpg.Record], tmp_path: Path
+    ) -> None:
+        """A database of the first release, letters sending included, takes 0002: every letter then
+        has no lease holder, so the first daemon to look resumes it."""
+        write(tmp_path, "0001_initial.sql", (DEFAULT_DIRECTORY / "0001_initial.sql").read_text())
+        await migrate(connection, tmp_path)
+        await connection.execute(
+            "INSERT INTO users (email) VALUES ('o@example.com');"
+            "INSERT INTO newsletters (user_id, name, from_address, unsubscribe_url_template)"
+            " VALUES (1, 'N', 'n@example.com', 'https://example.com/{token}');"
+            "INSERT INTO letters (newsletter_id, subject, text_body, status) VALUES (1, 'S', 'T', 'sending')"
+        )
+
+        applied = await migrate(connection)
+
+        assert [(m.version, m.name) for m in applied] == SHIPPED[1:]
+        row = await connection.fetchrow("SELECT owner_node, owner_token, lease_expires_at FROM letters")
+        assert tuple(row) == (None, None, None)
 
 
 class TestPendingMigrations:
@@ -171,7 +202,7 @@ class TestPendingMigrations:
         """On a database never migrated, every shipped file is pending, and nothing is created."""
         pending = await pending_migrations(connection)
 
-        assert [(m.version, m.name) for m in pending] == [(1, "initial")]
+        assert [(m.version, m.name) for m in pending] == SHIPPED
         assert await table_names(connection) == set()
 
     async def test_lists_only_files_not_applied(

@@ -9,13 +9,17 @@ Where the meaning matches a builtin, the class inherits it too (``NotFoundError`
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import PurePath
 
 __all__ = [
+    "ClaimRefusedError",
     "ConflictError",
     "DatabaseError",
     "DatabaseUnavailableError",
     "InvalidDataError",
+    "LeaseLostError",
+    "LetterLeasedError",
     "MailmanError",
     "MigrationChecksumError",
     "MigrationError",
@@ -72,6 +76,39 @@ class InvalidDataError(DatabaseError, ValueError):
     def __init__(self, message: str, *, constraint: str | None = None, sqlstate: str | None = None) -> None:
         super().__init__(message, sqlstate=sqlstate)
         self.constraint = constraint
+
+
+class LetterLeasedError(MailmanError):
+    """Another node holds a live lease on the letter: ``node`` is sending it, until ``expires_at``
+    at least (the database's clock), and no other node may until then."""
+
+    def __init__(self, letter_id: int, *, node: str, expires_at: datetime) -> None:
+        super().__init__(f"letter {letter_id} is being sent by node {node}")
+        self.letter_id = letter_id
+        self.node = node
+        self.expires_at = expires_at
+
+
+class LeaseLostError(MailmanError):
+    """``node`` no longer holds the lease it held on the letter: it expired and another node took
+    the letter over (``holder``, or None if that node has released it since)."""
+
+    def __init__(self, letter_id: int, *, node: str, holder: str | None) -> None:
+        now = "nobody holds it now" if holder is None else f"node {holder} holds it now"
+        super().__init__(f"node {node} lost its lease on letter {letter_id}; {now}")
+        self.letter_id = letter_id
+        self.node = node
+        self.holder = holder
+
+
+class ClaimRefusedError(MailmanError):
+    """A claim of recipients was refused: the lease presented is no longer the letter's live lease,
+    or the letter is no longer sending (``reason`` says which). Nothing was claimed."""
+
+    def __init__(self, letter_id: int, reason: str) -> None:
+        super().__init__(f"claim on letter {letter_id} refused: {reason}")
+        self.letter_id = letter_id
+        self.reason = reason
 
 
 class MigrationError(MailmanError):

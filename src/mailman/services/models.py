@@ -22,6 +22,7 @@ __all__ = [
     "DeliveryOutcome",
     "DeliveryState",
     "Letter",
+    "LetterLease",
     "LetterStatus",
     "NewSubscriber",
     "Newsletter",
@@ -139,6 +140,27 @@ class Letter:
     mail_order: Mapping[str, Any] = field(hash=False)
     created_at: datetime
     updated_at: datetime
+    owner_node: str | None = None
+    """The node (daemon) holding the letter's lease: the one sending it, or the last one that did
+    if ``lease_expires_at`` has passed. None when no node holds it (see :class:`LetterLease`)."""
+    lease_expires_at: datetime | None = None
+    """When that lease ends unless renewed, by the database's clock."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LetterLease:
+    """A node's right to drive one letter until ``expires_at`` (the database's clock).
+
+    Several daemons may share one database; each letter is driven by one of them at a time, the
+    holder of its lease. The holder renews the lease while it sends; another node takes the letter
+    over only once the lease has expired. ``token`` changes whenever the letter changes hands, and
+    every claim of recipients presents it: a node whose lease was taken over claims nobody more.
+    """
+
+    letter_id: int
+    node: str
+    token: int
+    expires_at: datetime
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

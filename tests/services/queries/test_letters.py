@@ -1,24 +1,33 @@
-"""Letters: creation, guarded status changes, the mail_order summary, due and left-sending letters."""
+"""Letters: creation, guarded status changes, the mail_order summary, due letters, and the lease that
+lets one node at a time drive a letter (take, renew, lock, release, and the letters to take over)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import TypeAlias
 
 import asyncpg
 import pytest
 
-from mailman.services.errors import InvalidDataError, NotFoundError
-from mailman.services.models import Letter, LetterStatus, Newsletter, UncertainPolicy
+from mailman.services.database import transaction
+from mailman.services.errors import InvalidDataError, LeaseLostError, LetterLeasedError, NotFoundError
+from mailman.services.models import Letter, LetterLease, LetterStatus, Newsletter, UncertainPolicy
 from mailman.services.queries.letters import (
+    acquire_lease,
     create_letter,
     get_letter,
     letters_due,
     letters_left_sending,
+    letters_to_take_over,
+    lock_lease,
+    release_lease,
+    renew_lease,
     schedule_letter,
     set_letter_status,
     update_mail_order,
 )
+from tests.services.engine_fixtures import eventually
 
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 
@@ -202,3 +211,224 @@ class TestLettersLeftSending:
         left = await letters_left_sending(pool)
 
         assert [letter.id for letter in left] == [letters[0].id, letters[3].id]
+
+
+TTL = timedelta(minutes=5)
+
+
+async def expire(pool: Pool, letter_id: int) -> None:
+    """Make the letter's lease expire now, as if its holder had stopped renewing it a while ago."""
+    await pool.execute(
+        "UPDATE letters SET lease_expires_at = now() - interval '1 second' WHERE id = $1", letter_id
+    )
+
+
+class TestAcquireLease:
+    async def test_a_free_letter_is_leased_to_the_node(self, pool: Pool, letter: Letter) -> None:
+        """Nobody holds the lease: the node gets it until ttl from now (the database's clock), and the
+        letter shows who holds it."""
+        before = await db_now(pool)
+
+        lease = await acquire_lease(pool, letter.id, node="a", ttl=TTL)
+
+        assert (lease.letter_id, lease.node) == (letter.id, "a")
+        assert before + TTL <= lease.expires_at <= await db_now(pool) + TTL
+        again = await get_letter(pool, letter.id)
+        assert (again.owner_node, again.lease_expires_at) == ("a", lease.expires_at)
+
+    async def test_the_holder_takes_its_live_lease_again_with_the_same_token(
+        self, pool: Pool, letter: Letter
+    ) -> None:
+        """The node holding a live lease gets it again, extended, with the same token: its running
+        sender's claims stay valid."""
+        first = await acquire_lease(pool, letter.id, node="a", ttl=timedelta(seconds=30))
+
+        second = await acquire_lease(pool, letter.id, node="a", ttl=TTL)
+
+        assert second.token == first.token
+        assert second.expires_at > first.expires_at
+
+    async def test_another_node_is_refused_while_the_lease_is_live(self, pool: Pool, letter: Letter) -> None:
+        """A live lease of another node is not taken: the error names the node sending the letter."""
+        held = await acquire_lease(pool, letter.id, node="a", ttl=TTL)
+
+        with pytest.raises(LetterLeasedError, match=f"letter {letter.id} is being sent by node a") as raised:
+            await acquire_lease(pool, letter.id, node="b", ttl=TTL)
+
+        assert (raised.value.letter_id, raised.value.node) == (letter.id, "a")
+        assert raised.value.expires_at == held.expires_at
+        assert (await get_letter(pool, letter.id)).owner_node == "a"
+
+    async def test_an_expired_lease_is_taken_over_with_a_new_token(self, pool: Pool, letter: Letter) -> None:
+        """Once its lease has expired, another node takes the letter over with a new token."""
+        old = await acquire_lease(pool, letter.id, node="a", ttl=TTL)
+        await expire(pool, letter.id)
+
+        new = await acquire_lease(pool, letter.id, node="b", ttl=TTL)
+
+        assert new.node == "b"
+        assert new.token != old.token
+
+    async def test_the_holder_taking_its_expired_lease_draws_a_new_token(
+        self, pool: Pool, letter: Letter
+    ) -> None:
+        """Expired, the lease is anybody's, its former holder's included: taken again, it gets a new
+        token, which fences out whatever still ran under the old one."""
+        old = await acquire_lease(pool, letter.id, node="a", ttl=TTL)
+        await expire(pool, letter.id)
+
+        new = await acquire_lease(pool, letter.id, node="a", ttl=TTL)
+
+        assert new.token != old.token
+
+    async def test_two_nodes_racing_get_one_lease(self, pool: Pool, letter: Letter) -> None:
+        """Two nodes asking at once: exactly one gets the lease, the other is told who has it."""
+        results = await asyncio.gather(
+            acquire_lease(pool, letter.id, node="a", ttl=TTL),
+            acquire_lease(pool, letter.id, node="b", ttl=TTL),
+            return_exceptions=True,
+        )
+
+        [lease] = [result for result in results if isinstance(result, LetterLease)]
+        [refused] = [result for result in results if isinstance(result, LetterLeasedError)]
+        assert refused.node == lease.node
+
+    async def test_unknown_letter_is_not_found(self, pool: Pool) -> None:
+        """No letter, no lease."""
+        with pytest.raises(NotFoundError, match="letter"):
+            await acquire_lease(pool, 999_999, node="a", ttl=TTL)
+
+    async def test_rejects_a_ttl_that_is_not_positive(self, pool: Pool, letter: Letter) -> None:
+        """A lease that is over before it starts is a mistake."""
+        with pytest.raises(ValueError, match="positive ttl"):
+            await acquire_lease(pool, letter.id, node="a", ttl=timedelta(0))
+
+
+class TestRenewLease:
+    async def test_extends_the_lease_and_reads_the_status(self, pool: Pool, letter: Letter) -> None:
+        """Renewing moves the expiry on, keeps the token, and tells the holder the letter's status
+        (a pause from elsewhere shows up there)."""
+        lease = await acquire_lease(pool, letter.id, node="a", ttl=timedelta(seconds=30))
+        await set_letter_status(pool, letter.id, LetterStatus.PAUSED)
+
+        renewed, status = await renew_lease(pool, lease, TTL)
+
+        assert renewed.token == lease.token
+        assert renewed.expires_at > lease.expires_at
+        assert status is LetterStatus.PAUSED
+
+    async def test_an_expired_lease_nobody_took_is_renewed(self, pool: Pool, letter: Letter) -> None:
+        """A holder that renews late keeps its lease if no other node took it meanwhile."""
+        lease = await acquire_lease(pool, letter.id, node="a", ttl=TTL)
+        await expire(pool, letter.id)
+
+        renewed, _ = await renew_lease(pool, lease, TTL)
+
+        assert renewed.expires_at > await db_now(pool)
+        assert (await get_letter(pool, letter.id)).owner_node == "a"
+
+    async def test_a_lease_taken_over_is_lost(self, pool: Pool, letter: Letter) -> None:
+        """Once another node has taken the letter over, renewing fails, naming the new holder, and
+        changes nothing."""
+        lease = await acquire_lease(pool, letter.id, node="a", ttl=TTL)
+        await expire(pool, letter.id)
+        theirs = await acquire_lease(pool, letter.id, node="b", ttl=TTL)
+
+        with pytest.raises(LeaseLostError, match="node a lost its lease") as raised:
+            await renew_lease(pool, lease, TTL)
+
+        assert raised.value.holder == "b"
+        assert (await get_letter(pool, letter.id)).lease_expires_at == theirs.expires_at
+
+
+class TestLockLease:
+    async def test_holds_the_lease_for_the_transaction(self, pool: Pool, letter: Letter) -> None:
+        """Inside a transaction, the lease is checked and kept: a takeover waits for the transaction
+        to end (the letter's row is locked), then finds the lease renewed by the holder's writes."""
+        lease = await acquire_lease(pool, letter.id, node="a", ttl=TTL)
+        await expire(pool, letter.id)
+        async with pool.acquire() as connection, transaction(connection) as held:
+            status = await lock_lease(held, lease)
+            takeover = asyncio.ensure_future(acquire_lease(pool, letter.id, node="b", ttl=TTL))
+            await wait_for_lock_waiter(pool)
+            await renew_lease(held, lease, TTL)
+
+        assert status is LetterStatus.DRAFT
+        with pytest.raises(LetterLeasedError, match="node a"):
+            await takeover
+
+    async def test_a_lost_lease_raises(self, pool: Pool, letter: Letter) -> None:
+        """A lease taken over cannot fence writes any more."""
+        lease = await acquire_lease(pool, letter.id, node="a", ttl=TTL)
+        await expire(pool, letter.id)
+        await acquire_lease(pool, letter.id, node="b", ttl=TTL)
+
+        async with pool.acquire() as connection, transaction(connection) as held:
+            with pytest.raises(LeaseLostError, match="node b holds it now"):
+                await lock_lease(held, lease)
+
+
+class TestReleaseLease:
+    async def test_clears_the_lease_and_merges_the_summary(self, pool: Pool, letter: Letter) -> None:
+        """Released, the letter has no holder, and the summary changes in the same statement; another
+        node may take it at once."""
+        lease = await acquire_lease(pool, letter.id, node="a", ttl=TTL)
+
+        await release_lease(pool, lease, {"running": False})
+
+        released = await get_letter(pool, letter.id)
+        assert (released.owner_node, released.lease_expires_at) == (None, None)
+        assert released.mail_order == {"running": False}
+        assert (await acquire_lease(pool, letter.id, node="b", ttl=TTL)).node == "b"
+
+    async def test_a_lost_lease_writes_nothing(self, pool: Pool, letter: Letter) -> None:
+        """A node whose lease was taken over cannot release it, nor write the summary."""
+        lease = await acquire_lease(pool, letter.id, node="a", ttl=TTL)
+        await expire(pool, letter.id)
+        await acquire_lease(pool, letter.id, node="b", ttl=TTL)
+
+        with pytest.raises(LeaseLostError):
+            await release_lease(pool, lease, {"running": False})
+
+        after = await get_letter(pool, letter.id)
+        assert after.owner_node == "b"
+        assert after.mail_order == {}
+
+
+class TestLettersToTakeOver:
+    async def test_returns_sending_letters_nobody_else_drives(
+        self, pool: Pool, newsletter: Newsletter
+    ) -> None:
+        """Letters sending held by nobody, by this node, or under an expired lease are returned; one
+        whose live lease another node holds is not, nor letters that are not sending."""
+        letters = [
+            await create_letter(pool, newsletter_id=newsletter.id, subject=str(n), text_body="x")
+            for n in range(6)
+        ]
+        for letter in letters[:4]:
+            await set_letter_status(pool, letter.id, LetterStatus.SENDING)
+        await set_letter_status(pool, letters[4].id, LetterStatus.PAUSED)
+        await set_letter_status(pool, letters[5].id, LetterStatus.SENT)
+        # letters[0]: nobody holds it.
+        await acquire_lease(pool, letters[1].id, node="me", ttl=TTL)
+        await acquire_lease(pool, letters[2].id, node="other", ttl=TTL)
+        await expire(pool, letters[2].id)
+        await acquire_lease(pool, letters[3].id, node="other", ttl=TTL)  # live: the other sends it
+
+        found = await letters_to_take_over(pool, "me")
+
+        assert [letter.id for letter in found] == [letters[0].id, letters[1].id, letters[2].id]
+        assert [letter.owner_node for letter in found] == [None, "me", "other"]
+
+
+async def wait_for_lock_waiter(pool: Pool) -> None:
+    """Wait until some session of this database is blocked on a lock (a row lock here)."""
+
+    async def waiting() -> bool:
+        found: bool = await pool.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock')"
+        )
+        return found
+
+    await eventually(waiting)

@@ -1,22 +1,48 @@
-"""Letters: creation, status changes guarded against races, the ``mail_order`` summary, due letters."""
+"""Letters: creation, status changes guarded against races, the ``mail_order`` summary, due letters,
+and the lease that lets one node (daemon) at a time drive a letter.
+
+The lease, for several daemons on one database (see :class:`~mailman.services.models.LetterLease`)::
+
+    acquire_lease   nobody holds it, this node does, or it expired  ->  this node, until now() + ttl
+    renew_lease     still this lease (its token)                    ->  until now() + ttl
+    lock_lease      still this lease: keep it so until the caller's transaction ends (fenced writes)
+    release_lease   still this lease                                ->  nobody (a clean stop)
+    letters_to_take_over   letters sending that nobody, this node, or an expired lease holds
+
+Every time is the database's: nodes never compare their own clocks. All of them lock the letter's
+row, and so does every claim of recipients (``FOR SHARE``, see :mod:`.deliveries`): a takeover
+waits for a claim in progress, and a claim that starts after a takeover sees it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from mailman.services.database import Executor, decode_json, encode_json, translate_errors
-from mailman.services.errors import NotFoundError
-from mailman.services.models import Letter, LetterStatus, UncertainPolicy
+from mailman.services.database import (
+    Connection,
+    Executor,
+    decode_json,
+    encode_json,
+    transaction,
+    translate_errors,
+)
+from mailman.services.errors import LeaseLostError, LetterLeasedError, NotFoundError
+from mailman.services.models import Letter, LetterLease, LetterStatus, UncertainPolicy
 
 __all__ = [
+    "acquire_lease",
     "create_letter",
     "get_letter",
     "letters_due",
     "letters_left_sending",
+    "letters_to_take_over",
+    "lock_lease",
+    "release_lease",
+    "renew_lease",
     "schedule_letter",
     "set_letter_status",
     "update_mail_order",
@@ -28,12 +54,12 @@ INSERT_LETTER = """
 INSERT INTO letters (newsletter_id, subject, text_body, html_body, uncertain_policy)
 VALUES ($1, $2, $3, $4, $5)
 RETURNING id, newsletter_id, subject, text_body, html_body, status, send_at, uncertain_policy,
-          mail_order::text AS mail_order, created_at, updated_at
+          mail_order::text AS mail_order, created_at, updated_at, owner_node, lease_expires_at
 """
 
 SELECT_LETTER = """
 SELECT id, newsletter_id, subject, text_body, html_body, status, send_at, uncertain_policy,
-       mail_order::text AS mail_order, created_at, updated_at
+       mail_order::text AS mail_order, created_at, updated_at, owner_node, lease_expires_at
 FROM letters
 WHERE id = $1
 """
@@ -63,12 +89,12 @@ UPDATE letters
 SET mail_order = mail_order || $2::text::jsonb, updated_at = now()
 WHERE id = $1
 RETURNING id, newsletter_id, subject, text_body, html_body, status, send_at, uncertain_policy,
-          mail_order::text AS mail_order, created_at, updated_at
+          mail_order::text AS mail_order, created_at, updated_at, owner_node, lease_expires_at
 """
 
 SELECT_DUE = """
 SELECT id, newsletter_id, subject, text_body, html_body, status, send_at, uncertain_policy,
-       mail_order::text AS mail_order, created_at, updated_at
+       mail_order::text AS mail_order, created_at, updated_at, owner_node, lease_expires_at
 FROM letters
 WHERE status = 'scheduled' AND send_at <= now()
 ORDER BY send_at, id
@@ -77,11 +103,72 @@ LIMIT $1
 
 SELECT_LEFT_SENDING = """
 SELECT id, newsletter_id, subject, text_body, html_body, status, send_at, uncertain_policy,
-       mail_order::text AS mail_order, created_at, updated_at
+       mail_order::text AS mail_order, created_at, updated_at, owner_node, lease_expires_at
 FROM letters
 WHERE status = 'sending'
 ORDER BY id
 """
+
+# Served by letters_sending_idx. "Or this node": at boot, the letters a previous run of this node
+# (same node_name) left sending, whose lease it still holds; later, ones whose service is gone.
+SELECT_TO_TAKE_OVER = """
+SELECT id, newsletter_id, subject, text_body, html_body, status, send_at, uncertain_policy,
+       mail_order::text AS mail_order, created_at, updated_at, owner_node, lease_expires_at
+FROM letters
+WHERE status = 'sending'
+  AND (owner_node IS NULL OR owner_node = $1 OR lease_expires_at <= now())
+ORDER BY id
+"""
+
+# --- The lease ----------------------------------------------------------------------------------
+# NO KEY UPDATE, the lock an UPDATE takes: it waits for claims in progress (FOR SHARE) and makes
+# later ones wait, but not the foreign-key checks of rows inserted meanwhile (KEY SHARE).
+LOCK_FOR_LEASE = """
+SELECT owner_node, lease_expires_at, lease_expires_at > now() AS live
+FROM letters
+WHERE id = $1
+FOR NO KEY UPDATE
+"""
+
+# The holder taking its own live lease again keeps the token, so that its running sender stays
+# valid; any other taking draws a new token, which fences out whoever held the lease before.
+TAKE_LEASE = """
+UPDATE letters
+SET owner_node = $2,
+    owner_token = CASE
+        WHEN owner_node = $2 AND lease_expires_at > now() THEN owner_token
+        ELSE nextval('letter_lease_token')
+    END,
+    lease_expires_at = now() + $3::interval
+WHERE id = $1
+RETURNING owner_token, lease_expires_at
+"""
+
+# A lease that expired is still renewed while its token is the letter's: nobody took it over, and
+# a takeover would have drawn a new token first (under the row lock).
+RENEW_LEASE = """
+UPDATE letters
+SET lease_expires_at = now() + $3::interval
+WHERE id = $1 AND owner_token = $2
+RETURNING status, lease_expires_at
+"""
+
+LOCK_LEASE = """
+SELECT status
+FROM letters
+WHERE id = $1 AND owner_token = $2
+FOR NO KEY UPDATE
+"""
+
+RELEASE_LEASE = """
+UPDATE letters
+SET owner_node = NULL, owner_token = NULL, lease_expires_at = NULL,
+    mail_order = mail_order || $3::text::jsonb, updated_at = now()
+WHERE id = $1 AND owner_token = $2
+RETURNING id
+"""
+
+SELECT_OWNER = "SELECT owner_node FROM letters WHERE id = $1"
 
 
 @translate_errors
@@ -175,6 +262,94 @@ async def letters_left_sending(executor: Executor) -> list[Letter]:
     return [_letter_from_row(row) for row in await executor.fetch(SELECT_LEFT_SENDING)]
 
 
+@translate_errors
+async def letters_to_take_over(executor: Executor, node: str) -> list[Letter]:
+    """Letters sending that ``node`` may take: held by nobody, by ``node`` itself, or by an expired lease.
+
+    Those whose lease another node holds and renews are left out: that node is sending them.
+    """
+    return [_letter_from_row(row) for row in await executor.fetch(SELECT_TO_TAKE_OVER, node)]
+
+
+@translate_errors
+async def acquire_lease(executor: Executor, letter_id: int, *, node: str, ttl: timedelta) -> LetterLease:
+    """Take the letter's lease for ``node`` until ``ttl`` from now; the lease.
+
+    Granted when nobody holds the lease, when ``node`` holds it (it is extended, token unchanged),
+    or when it has expired (a takeover: a new token, which fences out the node that held it).
+    Raises :class:`LetterLeasedError` when another node holds a live lease, and
+    :class:`NotFoundError` when the letter does not exist. The letter's status does not matter.
+    """
+    if ttl <= timedelta(0):
+        raise ValueError(f"expected a positive ttl, got {ttl!r}")
+    async with transaction(executor) as connection:
+        row = await connection.fetchrow(LOCK_FOR_LEASE, letter_id)
+        if row is None:
+            raise NotFoundError("letter", letter_id)
+        if row["live"] and row["owner_node"] != node:
+            raise LetterLeasedError(letter_id, node=row["owner_node"], expires_at=row["lease_expires_at"])
+        taken = await connection.fetchrow(TAKE_LEASE, letter_id, node, ttl)
+    assert taken is not None
+    return LetterLease(
+        letter_id=letter_id, node=node, token=taken["owner_token"], expires_at=taken["lease_expires_at"]
+    )
+
+
+@translate_errors
+async def renew_lease(
+    executor: Executor, lease: LetterLease, ttl: timedelta
+) -> tuple[LetterLease, LetterStatus]:
+    """Extend ``lease`` until ``ttl`` from now; the renewed lease and the letter's status.
+
+    The status tells the holder whether the letter was paused or cancelled from elsewhere. Raises
+    :class:`LeaseLostError` when the lease is no longer the letter's: another node took it over.
+    """
+    if ttl <= timedelta(0):
+        raise ValueError(f"expected a positive ttl, got {ttl!r}")
+    row = await executor.fetchrow(RENEW_LEASE, lease.letter_id, lease.token, ttl)
+    if row is None:
+        raise await _lost(executor, lease)
+    renewed = LetterLease(
+        letter_id=lease.letter_id, node=lease.node, token=lease.token, expires_at=row["lease_expires_at"]
+    )
+    return renewed, LetterStatus(row["status"])
+
+
+@translate_errors
+async def lock_lease(connection: Connection, lease: LetterLease) -> LetterStatus:
+    """Inside the caller's transaction: check that ``lease`` is still the letter's; the letter's status.
+
+    The letter's row stays locked until the transaction ends, so no other node can take the lease
+    over meanwhile: the writes that follow in the transaction are fenced by the lease. Expired but
+    not taken over counts as held. Raises :class:`LeaseLostError` otherwise.
+    """
+    status = await connection.fetchval(LOCK_LEASE, lease.letter_id, lease.token)
+    if status is None:
+        raise await _lost(connection, lease)
+    return LetterStatus(status)
+
+
+@translate_errors
+async def release_lease(
+    executor: Executor, lease: LetterLease, mail_order: Mapping[str, Any] | None = None
+) -> None:
+    """Give ``lease`` up (a clean stop), merging ``mail_order`` into the summary in the same statement.
+
+    Another node may take the letter at once. Raises :class:`LeaseLostError` when the lease is no
+    longer the letter's (then nothing is written).
+    """
+    released = await executor.fetchval(
+        RELEASE_LEASE, lease.letter_id, lease.token, encode_json(mail_order or {})
+    )
+    if released is None:
+        raise await _lost(executor, lease)
+
+
+async def _lost(executor: Executor, lease: LetterLease) -> LeaseLostError:
+    holder: str | None = await executor.fetchval(SELECT_OWNER, lease.letter_id)
+    return LeaseLostError(lease.letter_id, node=lease.node, holder=holder)
+
+
 def _letter_from_row(row: asyncpg.Record) -> Letter:
     return Letter(
         id=row["id"],
@@ -188,4 +363,6 @@ def _letter_from_row(row: asyncpg.Record) -> Letter:
         mail_order=decode_json(row["mail_order"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        owner_node=row["owner_node"],
+        lease_expires_at=row["lease_expires_at"],
     )
