@@ -9,6 +9,13 @@ overrides (``await engine_factory(flush_interval=60.0)``); an :class:`Engine` ca
 and started again (:meth:`Engine.stop`, :meth:`Engine.start`): a new tree on the same database, as
 a daemon restart would give. Every tree still running is stopped after the test.
 
+Several daemons (nodes) on one database run as several trees in the test's process: give each its
+own ``names`` (the prefix of its registered names, ``"mailman"`` by default) and ``node_name``;
+``scheduler_poll=`` adds the daemon's Scheduler (boot recovery, takeovers) ticking that often::
+
+    a = await engine_factory(names="a", node_name="node-a", lease_ttl=1.0)
+    b = await engine_factory(names="b", node_name="node-b", lease_ttl=1.0, scheduler_poll=0.05)
+
 Synchronisation helpers, since tests never sleep to wait for something: :func:`eventually` polls a
 condition (usually Postgres state) with a deadline; :func:`hold_replies` freezes the SMTP side with
 held end-of-DATA replies, so that a test acts while a known set of messages is in flight.
@@ -34,6 +41,7 @@ from mailman.services.mailer_server import MailerConfig
 from mailman.services.models import Letter, LetterStatus, NewSubscriber, UncertainPolicy
 from mailman.services.queries import letters, newsletters, subscriptions
 from mailman.services.retry_policy import RetryPolicy
+from mailman.services.scheduler import Scheduler, SchedulerArgs
 from mailman.supervisor import Pid, Supervisor, await_exit, is_alive
 from tests.services.smtp_sink import Hold, ReceivedMessage, SmtpSink
 
@@ -186,19 +194,46 @@ async def hold_replies(sink: SmtpSink, count: int = POOL_SIZE, timeout: float = 
     return holds
 
 
-def engine_config(database_url: str, sink: SmtpSink, **settings: Any) -> ApplicationConfig:
+def engine_config(
+    database_url: str,
+    sink: SmtpSink,
+    *,
+    names: str = "mailman",
+    scheduler_poll: float | None = None,
+    **settings: Any,
+) -> ApplicationConfig:
     delivery = DeliverySettings(
         **{"retry": FAST_RETRY, "flush_interval": 0.05, "idle_poll": 0.05, **settings}
     )
+    context = DeliveryContext(
+        repo=f"{names}.repo",
+        mailer=f"{names}.mailer",
+        tasks=f"{names}.tasks",
+        letters=f"{names}.letters",
+        dispatcher=f"{names}.dispatcher",
+        settings=delivery,
+    )
+    extra = []
+    if scheduler_poll is not None:
+        extra.append(
+            Scheduler.child_spec(
+                SchedulerArgs(context=context, poll_interval=scheduler_poll),
+                id="scheduler",
+                name=f"{names}.scheduler",
+            )
+        )
     return ApplicationConfig(
         database_url=database_url,
         mailer=MailerConfig(url=sink.url(), pool_size=POOL_SIZE),
-        context=DeliveryContext(settings=delivery),
+        context=context,
+        extra_children=extra,
     )
 
 
 class EngineFactory(Protocol):
-    async def __call__(self, **settings: Any) -> Engine: ...
+    async def __call__(
+        self, *, names: str = "mailman", scheduler_poll: float | None = None, **settings: Any
+    ) -> Engine: ...
 
 
 @pytest.fixture
@@ -208,10 +243,13 @@ async def engine_factory(
     """Start engines with DeliverySettings overrides; every tree still running is stopped at the end."""
     engines: list[Engine] = []
 
-    async def start(**settings: Any) -> Engine:
-        engine = Engine(
-            tree=None, pool=pool, config=engine_config(database_url, smtp_sink, **settings), sink=smtp_sink
+    async def start(
+        *, names: str = "mailman", scheduler_poll: float | None = None, **settings: Any
+    ) -> Engine:
+        config = engine_config(
+            database_url, smtp_sink, names=names, scheduler_poll=scheduler_poll, **settings
         )
+        engine = Engine(tree=None, pool=pool, config=config, sink=smtp_sink)
         engines.append(engine)
         await engine.start()
         return engine

@@ -135,6 +135,8 @@ class TestLetterStatus:
             "restarts": 0,
             "failure_reason": None,
             "running": False,
+            "node": None,
+            "lease_expires_at": None,
         }
 
     async def test_status_of_a_sent_letter_counts_each_state(self, engine: Engine) -> None:
@@ -159,12 +161,15 @@ class TestLetterStatus:
             "restarts",
             "failure_reason",
             "running",
+            "node",
+            "lease_expires_at",
         }
         assert status["letter_id"] == letter.id
         assert status["state"] == "sent"
         assert status["counts"] == {"pending": 0, "sending": 0, "delivered": 28, "failed": 1, "skipped": 1}
         assert status["audience"] == 30
         assert status["running"] is False
+        assert status["node"] is None  # released when the letter was sent
 
 
 class TestPauseAndResume:

@@ -7,12 +7,27 @@ letters Registry), never their pids, so that a restarted collaborator is found a
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from mailman.services.models import UncertainPolicy
 from mailman.services.retry_policy import RetryPolicy
 
-__all__ = ["DeliveryContext", "DeliverySettings"]
+__all__ = ["DeliveryContext", "DeliverySettings", "default_node_name"]
+
+
+def default_node_name() -> str:
+    """A name no other running daemon has: ``<hostname>-<pid>-<6 random hex digits>``.
+
+    The pid tells two daemons on one host apart, the random part two containers that share a
+    hostname and a pid. It differs on every start, so a daemon that was killed finds its letters'
+    leases held by its former self and takes them back only once they expire: give each daemon a
+    stable ``node_name`` of its own for it to take them back at once.
+    """
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +55,12 @@ class DeliverySettings:
     """A letter whose service crashed more often than this ends failed, with the reason."""
     breaker_base_delay: float = 1.0
     breaker_max_delay: float = 60.0
+    node_name: str = field(default_factory=default_node_name)
+    """This daemon's name among those sharing the database: the holder of its letters' leases.
+    Two daemons running at once must never share one."""
+    lease_ttl: float = 15.0
+    """Seconds a letter's lease lasts unless renewed (it is renewed every third of that): how long
+    other nodes wait before they take over the letters of a node that died."""
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "claim_batch", "flush_size"):
@@ -48,6 +69,15 @@ class DeliverySettings:
                 raise ValueError(f"expected {name} to be an int >= 1, got {value!r}")
         if self.max_letter_restarts < 0:
             raise ValueError(f"expected max_letter_restarts >= 0, got {self.max_letter_restarts}")
+        if not isinstance(self.node_name, str) or not self.node_name.strip():
+            raise ValueError(f"expected node_name to be a non-empty string, got {self.node_name!r}")
+        if not self.lease_ttl > 0:
+            raise ValueError(f"expected lease_ttl > 0 seconds, got {self.lease_ttl!r}")
+
+    @property
+    def lease_duration(self) -> timedelta:
+        """:attr:`lease_ttl` as the ``timedelta`` the lease queries take."""
+        return timedelta(seconds=self.lease_ttl)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

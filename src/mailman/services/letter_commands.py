@@ -4,6 +4,12 @@ Plain async functions over the running tree (the RPC layer and the tests call th
 the letter's status first and does what that status allows; anything else is answered, not
 raised: sending a letter that was already sent changes nothing and says so.
 
+With several daemons (nodes) on one database, a letter is sent by the node holding its lease
+(``"node"`` in its status). Sending, resuming or retrying a letter another node is sending starts
+nothing here and says which node sends it. Pausing or cancelling one works from any node: here
+the status changes at once, and the node sending the letter sees it at its next claim or lease
+renewal (within a third of ``lease_ttl``), lets its recipients in flight finish and stops.
+
 Example::
 
     await send_letter(context, 42)                 # {"letter_id": 42, "state": "sending", ...}
@@ -16,6 +22,7 @@ from typing import Any
 
 from mailman.services.database import transaction
 from mailman.services.delivery_context import DeliveryContext
+from mailman.services.errors import LetterLeasedError
 from mailman.services.letter_delivery_dispatcher import LetterDeliveryDispatcher
 from mailman.services.letter_delivery_service import LetterDeliveryService
 from mailman.services.models import LetterStatus
@@ -43,15 +50,22 @@ async def send_letter(
             # Fix the audience here, in one transaction, so that the answer is definite: the letter
             # is sending, to this many recipients (the service would do it too, if started alone).
             audience = await deliveries.fix_audience(pool, letter_id, subscription_ids=recipients)
-            await LetterDeliveryDispatcher.deliver(context, letter_id)
+            elsewhere = await _deliver(context, letter_id)
             if audience.fixed_now:
                 message = f"sending started to {audience.size} recipients"
+                if elsewhere is not None:  # another node started it at the same time, and won
+                    message += f", by node {elsewhere}"
+            elif elsewhere is not None:
+                message = f"already sending: the letter is being sent by node {elsewhere}"
             else:
                 message = f"already {audience.status}: joined"
         case LetterStatus.SENDING:
             joined = LetterDeliveryDispatcher.running(context, letter_id) is not None
-            await LetterDeliveryDispatcher.deliver(context, letter_id)
-            message = "already sending: joined the running send" if joined else "resumed the send"
+            elsewhere = await _deliver(context, letter_id)
+            if elsewhere is not None:
+                message = f"already sending: the letter is being sent by node {elsewhere}"
+            else:
+                message = "already sending: joined the running send" if joined else "resumed the send"
         case LetterStatus.PAUSED:
             message = "the letter is paused: resume it to go on"
         case _:
@@ -63,7 +77,12 @@ async def letter_status(context: DeliveryContext, letter_id: int) -> dict[str, A
     """The letter's state and its deliveries counted by state.
 
     ``{"letter_id", "state", "counts": {"pending", "sending", "delivered", "failed", "skipped"},
-    "uncertain", "audience", "restarts", "failure_reason", "running"}``.
+    "uncertain", "audience", "restarts", "failure_reason", "running", "node", "lease_expires_at"}``.
+
+    ``running`` says whether this daemon is sending the letter. ``node`` is the node holding the
+    letter's lease (the one sending it), and ``lease_expires_at`` (ISO 8601) when that lease ends
+    unless renewed: past it, the node has stopped renewing (it died, or lost the database) and
+    another node takes the letter over. Both are null when no node holds it.
     """
     pool = await Repo.pool(context.repo)
     letter = await letters.get_letter(pool, letter_id)
@@ -83,6 +102,8 @@ async def letter_status(context: DeliveryContext, letter_id: int) -> dict[str, A
         "restarts": int(letter.mail_order.get("restarts", 0)),
         "failure_reason": letter.mail_order.get("failure_reason"),
         "running": LetterDeliveryDispatcher.running(context, letter_id) is not None,
+        "node": letter.owner_node,
+        "lease_expires_at": None if letter.lease_expires_at is None else letter.lease_expires_at.isoformat(),
     }
 
 
@@ -102,8 +123,9 @@ async def resume_letter(context: DeliveryContext, letter_id: int) -> dict[str, A
     """Go on with a paused letter, from where it stopped."""
     pool = await Repo.pool(context.repo)
     if await letters.set_letter_status(pool, letter_id, LetterStatus.SENDING, expected=LetterStatus.PAUSED):
-        await LetterDeliveryDispatcher.deliver(context, letter_id)
-        message = "resumed"
+        elsewhere = await _deliver(context, letter_id)
+        # Another node may have been quicker: its Scheduler takes over a letter sending that nobody holds.
+        message = "resumed" if elsewhere is None else f"resumed: the letter is being sent by node {elsewhere}"
     else:
         message = f"the letter is {(await letters.get_letter(pool, letter_id)).status}, not paused"
     return {**await letter_status(context, letter_id), "message": message}
@@ -123,8 +145,17 @@ async def retry_failed(context: DeliveryContext, letter_id: int) -> dict[str, An
             )
     letter = await letters.get_letter(pool, letter_id)
     if retried and letter.status is LetterStatus.SENDING:
-        await LetterDeliveryDispatcher.deliver(context, letter_id)
+        await _deliver(context, letter_id)  # the node sending it (this one or another) retries them
     return {**await letter_status(context, letter_id), "retried": retried}
+
+
+async def _deliver(context: DeliveryContext, letter_id: int) -> str | None:
+    """Start or join the letter's send here; the node sending it instead, if another one is."""
+    try:
+        await LetterDeliveryDispatcher.deliver(context, letter_id)
+    except LetterLeasedError as error:
+        return error.node
+    return None
 
 
 async def _stop_as(context: DeliveryContext, letter_id: int, status: LetterStatus) -> None:
@@ -132,9 +163,9 @@ async def _stop_as(context: DeliveryContext, letter_id: int, status: LetterStatu
     if service is not None:
         try:
             if status is LetterStatus.PAUSED:
-                await LetterDeliveryService.pause(service)
+                stopped = await LetterDeliveryService.pause(service)
             else:
-                await LetterDeliveryService.cancel(service)
+                stopped = await LetterDeliveryService.cancel(service)
         except (NoProcessError, CallExitError):
             pass  # it ended meanwhile: settle it in Postgres below
         else:
@@ -142,7 +173,12 @@ async def _stop_as(context: DeliveryContext, letter_id: int, status: LetterStatu
             # its name in the Registry): wait for its end, so that the answer says it is not
             # running and a resume right after starts a new service instead of joining this one.
             await await_exit(service)
-            return
+            if stopped is not None:
+                return
+            # It had just lost the letter to another node: settle it in Postgres below, and
+            # that node stops as asked.
+    # Not sent here (or no longer): if another node is sending it, that node sees the new status
+    # at its next claim or lease renewal and stops; its recipients in flight finish there.
     pool = await Repo.pool(context.repo)
     allowed = [LetterStatus.SENDING, LetterStatus.PAUSED]
     if status is LetterStatus.CANCELLED:

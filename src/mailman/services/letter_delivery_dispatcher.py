@@ -13,6 +13,13 @@ Sending a letter that is already sending *joins* it: the service is found in the
 by letter id, and no second service starts (a race between two starts ends the same way, since
 the Registry holds one name per letter).
 
+The Registry is one daemon's; across daemons sharing the database, the letter's lease decides.
+:meth:`LetterDeliveryDispatcher.deliver` takes it before it starts anything, so that a letter
+another node is sending gets a clear answer (:class:`~mailman.services.errors.LetterLeasedError`,
+naming that node) and no service here. The service takes the same lease again as it loads: the
+lease is this node's, so that changes nothing but its expiry (and a restarted service takes it
+back without waiting). Two nodes racing for a letter are settled in Postgres: one gets the lease.
+
 Deviation from the forum design this grew from (a DynamicSupervisor of services directly): the
 per-letter supervisor layer is what keeps one letter's crashes from counting against all of them.
 
@@ -27,6 +34,8 @@ import dataclasses
 
 from mailman.services.delivery_context import DeliveryContext
 from mailman.services.letter_delivery_service import LetterDeliveryService, ServiceArgs
+from mailman.services.queries import letters
+from mailman.services.repo import Repo
 from mailman.supervisor import (
     AutoShutdown,
     DynamicSupervisor,
@@ -75,12 +84,16 @@ class LetterDeliveryDispatcher(DynamicSupervisor):
         """Start sending ``letter_id`` (or join the running send); the service's pid.
 
         None when the service had nothing to do and already ended (the letter was sent, paused,
-        cancelled or failed).
+        cancelled or failed). Raises :class:`~mailman.services.errors.LetterLeasedError` when another
+        node holds the letter's lease: that node is sending it, and nothing was started here.
         """
         via = Registry.via(context.letters, letter_id)
         running = whereis(via)
         if running is not None:
             return running
+        settings = context.settings
+        pool = await Repo.pool(context.repo)
+        await letters.acquire_lease(pool, letter_id, node=settings.node_name, ttl=settings.lease_duration)
         args = ServiceArgs(letter_id=letter_id, context=context, recipients=recipients)
         spec = LetterSupervisor.child_spec(args, id=("letter", letter_id), restart=Restart.TEMPORARY)
         try:

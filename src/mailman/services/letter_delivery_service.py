@@ -27,6 +27,28 @@ and counts a restart in ``mail_order.restarts``; past ``max_letter_restarts`` th
 ``failed`` with the reason. Each letter runs under its own :class:`LetterSupervisor`, so a letter
 that crash-loops never trips the dispatcher's restart intensity for the others.
 
+Several daemons on one database (guarantee 5): a letter is driven by the node that holds its
+*lease* (:class:`~mailman.services.models.LetterLease`, in the letter's row):
+
+- The service takes the lease first thing as it loads. If another node holds a live one, that node
+  is sending the letter: the service stops ``normal`` having touched nothing.
+- It renews the lease every third of ``lease_ttl`` (a :func:`send_after` timer, ``handle_info``).
+  The renewal also reads the letter's status: paused or cancelled from another node, the service
+  stops as if asked here.
+- Every write to the letter (restarts, recovery, status, ``mail_order``) happens in a transaction
+  that first locks the lease (:func:`letters.lock_lease`), and every claim presents it: a service
+  whose lease was taken over writes nothing and claims nobody. If a renewal finds the lease lost,
+  the service kills its driver (and so the recipient tasks in flight: stop sending at once),
+  records the verdicts it has (acks are fenced row by row) and stops ``normal``; the letter is the
+  new holder's. If a claim is refused, the driver lets the recipients in flight finish and ends;
+  the service then renews (the lease may only have expired, with nobody taking it) or stops.
+- A clean stop (sent, paused, cancelled, a shutdown) releases the lease in the statement that
+  clears ``running``, so that another node may resume the letter at once. A crash keeps it: the
+  LetterSupervisor restarts the service on this node, which takes its own lease again.
+- The node that takes over a letter whose holder died finds ``running`` set, since the dead node
+  did not stop cleanly: it counts a restart and recovers the rows left ``sending`` as after any
+  crash (uncertain, then resent with the same Message-ID or held, by the policy).
+
 Example::
 
     pid = await LetterDeliveryDispatcher.deliver(context, letter_id=42)
@@ -37,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,17 +67,26 @@ import asyncpg
 import structlog
 
 from mailman.services.circuit_breaker import CircuitBreaker
-from mailman.services.database import transaction
-from mailman.services.delivery_context import DeliveryContext
+from mailman.services.database import Connection, transaction
+from mailman.services.delivery_context import DeliveryContext, DeliverySettings
+from mailman.services.errors import ClaimRefusedError, LeaseLostError, LetterLeasedError
 from mailman.services.mailer import SmtpPool
 from mailman.services.mailer_server import Mailer
 from mailman.services.message import LetterTemplate
-from mailman.services.models import ClaimedRecipient, DeliveryOutcome, Letter, LetterStatus, UncertainPolicy
+from mailman.services.models import (
+    ClaimedRecipient,
+    DeliveryOutcome,
+    Letter,
+    LetterLease,
+    LetterStatus,
+    UncertainPolicy,
+)
 from mailman.services.queries import deliveries, letters, newsletter_emails, newsletters, subscriptions
 from mailman.services.recipient_task import RecipientTask
 from mailman.services.repo import Repo
 from mailman.services.retry_policy import RecipientVerdict
 from mailman.supervisor import (
+    KILL,
     NORMAL,
     Exit,
     ExitMessage,
@@ -66,12 +98,15 @@ from mailman.supervisor import (
     Ok,
     OnTimeout,
     Pid,
+    ProcessExit,
     Reply,
     Restart,
+    Shutdown,
     Stop,
     TaskSupervisor,
     TimerRef,
     cancel_timer,
+    exit,  # noqa: A004 - Erlang's exit/2
     is_expected,
     receive,
     self_pid,
@@ -128,7 +163,12 @@ class _Progress:
     __slots__ = ()
 
 
+class _Renew:
+    __slots__ = ()
+
+
 _FLUSH = _Flush()
+_RENEW = _Renew()
 
 
 @dataclass(slots=True)
@@ -143,8 +183,13 @@ class _State:
     buffer: list[RecipientVerdict] = field(default_factory=list)
     flush_timer: TimerRef | None = None
     stopping: LetterStatus | None = None
+    stopped_elsewhere: bool = False
+    """``stopping`` was read from the letter (paused or cancelled from another node), not asked here."""
     waiters: list[From] = field(default_factory=list)
     sent: int = 0
+    lease: LetterLease | None = None
+    """Held from the load until a clean stop; None before, after, and once lost to another node."""
+    renew_timer: TimerRef | None = None
 
     @property
     def letter_id(self) -> int:
@@ -160,14 +205,20 @@ class LetterDeliveryService(GenServer[_State]):
     # ---------------------------------------------------------------- client API
 
     @staticmethod
-    async def pause(server: Pid) -> None:
-        """Stop claiming, let the recipients in flight finish, flush, mark the letter paused."""
-        await GenServer.call(server, _Pause(), timeout=60.0)
+    async def pause(server: Pid) -> LetterStatus | None:
+        """Stop claiming, let the recipients in flight finish, flush, mark the letter paused.
+
+        The letter's status then, or None if the service lost the letter to another node meanwhile
+        (it changed nothing: the letter is that node's).
+        """
+        status: LetterStatus | None = await GenServer.call(server, _Pause(), timeout=60.0)
+        return status
 
     @staticmethod
-    async def cancel(server: Pid) -> None:
+    async def cancel(server: Pid) -> LetterStatus | None:
         """As :meth:`pause`, but the letter ends ``cancelled``."""
-        await GenServer.call(server, _Cancel(), timeout=60.0)
+        status: LetterStatus | None = await GenServer.call(server, _Cancel(), timeout=60.0)
+        return status
 
     @staticmethod
     async def progress(server: Pid) -> dict[str, int]:
@@ -182,9 +233,23 @@ class LetterDeliveryService(GenServer[_State]):
         return Init(_State(args=arg), continue_with="load")
 
     async def handle_continue(self, arg: Any, state: _State) -> NoReply[_State] | Stop[_State]:
+        try:
+            return await self._load(state)
+        except LeaseLostError as error:  # the load took longer than the lease, and it was taken over
+            return await self._lease_lost(state, error)
+
+    async def _load(self, state: _State) -> NoReply[_State] | Stop[_State]:
         context = state.args.context
+        settings = context.settings
         state.pool = await Repo.pool(context.repo)
         pool = state.pool
+        try:
+            state.lease = await letters.acquire_lease(
+                pool, state.letter_id, node=settings.node_name, ttl=settings.lease_duration
+            )
+        except LetterLeasedError as error:
+            _log.info("letter is sent by another node", letter_id=state.letter_id, node=error.node)
+            return Stop(NORMAL, state)
         letter = await letters.get_letter(pool, state.letter_id)
         match letter.status:
             case LetterStatus.DRAFT | LetterStatus.SCHEDULED:
@@ -197,14 +262,19 @@ class LetterDeliveryService(GenServer[_State]):
                     return Stop(NORMAL, state)
                 # Only a predecessor that did not stop cleanly can have left rows 'sending' (a clean
                 # stop drains and flushes): a fresh send or a resume skips the scan of the letter.
+                # That predecessor may have run on another node that died: its lease is ours now.
                 if letter.mail_order.get("running"):
                     await self._recover(state, letter)
             case _:
                 _log.info("letter needs no sending", letter_id=state.letter_id, status=str(letter.status))
+                await self._release(state)
                 return Stop(NORMAL, state)
         # last_crash is cleared: if this incarnation is killed, its successor must not blame the
         # crash of an earlier one.
-        letter = await letters.update_mail_order(pool, state.letter_id, {"running": True, "last_crash": None})
+        async with _fenced(state) as connection:
+            letter = await letters.update_mail_order(
+                connection, state.letter_id, {"running": True, "last_crash": None}
+            )
         newsletter = await newsletters.get_newsletter(pool, letter.newsletter_id)
         state.letter = letter
         state.template = LetterTemplate.render(
@@ -218,10 +288,20 @@ class LetterDeliveryService(GenServer[_State]):
             unsubscribe_url=newsletter.unsubscribe_url_template,
         )
         state.smtp = await Mailer.pool(context.mailer)
+        self._arm_renewal(state)
         self._start_driver(state)
         return NoReply(state)
 
     async def handle_call(
+        self, request: Any, from_: From, state: _State
+    ) -> Reply[_State] | NoReply[_State] | Stop[_State]:
+        try:
+            return await self._handle_call(request, from_, state)
+        except LeaseLostError as error:
+            state.waiters.append(from_)
+            return await self._lease_lost(state, error)
+
+    async def _handle_call(
         self, request: Any, from_: From, state: _State
     ) -> Reply[_State] | NoReply[_State] | Stop[_State]:
         match request:
@@ -229,6 +309,7 @@ class LetterDeliveryService(GenServer[_State]):
                 state.stopping = (
                     LetterStatus.PAUSED if isinstance(request, _Pause) else LetterStatus.CANCELLED
                 )
+                state.stopped_elsewhere = False  # asked here: the status is ours to write
                 if state.driver is None:  # between drivers (or still loading): settle now
                     status = await self._stop_as(state, state.stopping)
                     return Stop(NORMAL, state, reply=status)
@@ -241,6 +322,12 @@ class LetterDeliveryService(GenServer[_State]):
         raise ValueError(f"unexpected request {request!r}")
 
     async def handle_info(self, message: Any, state: _State) -> NoReply[_State] | Stop[_State]:
+        try:
+            return await self._handle_info(message, state)
+        except LeaseLostError as error:
+            return await self._lease_lost(state, error)
+
+    async def _handle_info(self, message: Any, state: _State) -> NoReply[_State] | Stop[_State]:
         match message:
             case RecipientsDone(verdicts):
                 state.buffer += verdicts
@@ -254,11 +341,20 @@ class LetterDeliveryService(GenServer[_State]):
                 state.flush_timer = None
                 await self._flush(state)
                 return NoReply(state)
+            case _Renew():
+                state.renew_timer = None
+                return await self._renew(state)
             case ExitMessage(pid, reason) if pid == state.driver:
                 state.driver = None
                 if not is_expected(reason):
                     return Stop(reason, state)  # the driver crashed: so do we, and we resume from Postgres
                 await self._flush(state)
+                if isinstance(reason, Shutdown) and isinstance(reason.detail, ClaimRefusedError):
+                    # The recipients in flight have finished. Renewing tells why the claim was refused:
+                    # the lease lost (LeaseLostError), the letter paused or cancelled elsewhere, or a
+                    # lease that had only expired, with nobody taking it over: then we go on.
+                    _log.info("claim refused", letter_id=state.letter_id, reason=reason.detail.reason)
+                    return await self._renew(state)
                 return await self._settle(state)
         return await super().handle_info(message, state)
 
@@ -267,24 +363,24 @@ class LetterDeliveryService(GenServer[_State]):
             # Graceful: stop claiming, let the recipients in flight finish, keep their verdicts.
             if state.drain is not None:
                 state.drain.set()
-            driver = state.driver
-            while True:
-                message = await receive(
-                    lambda m: (
-                        isinstance(m, RecipientsDone) or (isinstance(m, ExitMessage) and m.pid == driver)
-                    )
-                )
-                if isinstance(message, RecipientsDone):
-                    state.buffer += message.verdicts
-                else:
-                    break
+            await self._await_driver(state)
         if state.pool is None:
             return
-        await self._flush(state)
-        changes: dict[str, Any] = {"running": False}
-        if not is_expected(reason):
-            changes = {"last_crash": str(reason)}  # still "running": the next start counts a restart
-        await letters.update_mail_order(state.pool, state.letter_id, changes)
+        await self._flush(state)  # acks are fenced row by row: safe even with the lease lost
+        self._disarm_renewal(state)
+        if state.lease is None:
+            return  # never held, already released, or lost: the letter is not ours to write
+        try:
+            if is_expected(reason):
+                # A clean stop (a shutdown): another node may resume the letter at once.
+                await self._release(state)
+            else:
+                # Still "running", so the next start counts a restart; the lease is kept, for the
+                # LetterSupervisor restarts the service here (others take over once it expires).
+                async with _fenced(state) as connection:
+                    await letters.update_mail_order(connection, state.letter_id, {"last_crash": str(reason)})
+        except LeaseLostError as error:
+            _log.warning("lease lost before the stop", letter_id=state.letter_id, holder=error.holder)
 
     # ---------------------------------------------------------------- internals
 
@@ -292,7 +388,13 @@ class LetterDeliveryService(GenServer[_State]):
         """Rows left 'sending' become uncertain, then resent or held by the policy in force."""
         assert state.pool is not None
         policy = UncertainPolicy(state.args.context.settings.uncertain_policy or letter.uncertain_policy)
-        recovery = await deliveries.recover_deliveries(state.pool, state.letter_id, policy)
+        # Under the lease's lock: no other node can take the letter over while its rows change.
+        async with _fenced(state) as connection:
+            recovery = await deliveries.recover_deliveries(connection, state.letter_id, policy)
+            if recovery.uncertain:
+                await letters.update_mail_order(
+                    connection, state.letter_id, {"uncertain_found": recovery.uncertain}
+                )
         if recovery.uncertain:
             _log.warning(
                 "recipients in flight at the last stop are uncertain",
@@ -300,9 +402,6 @@ class LetterDeliveryService(GenServer[_State]):
                 uncertain=recovery.uncertain,
                 resent=recovery.requeued,
                 policy=str(policy),
-            )
-            await letters.update_mail_order(
-                state.pool, state.letter_id, {"uncertain_found": recovery.uncertain}
             )
 
     async def _count_restart(self, state: _State, letter: Letter) -> bool:
@@ -316,16 +415,17 @@ class LetterDeliveryService(GenServer[_State]):
             # A kill leaves no trace (terminate does not run): say so rather than print "None".
             cause = f"last: {last}" if last else "the last one was killed without a trace"
             reason = f"the letter's sender crashed {restarts} times (limit {limit}); {cause}"
-            async with transaction(state.pool) as connection:
+            assert state.lease is not None
+            async with _fenced(state) as connection:
                 await letters.set_letter_status(
                     connection, state.letter_id, LetterStatus.FAILED, expected=LetterStatus.SENDING
                 )
                 # Nobody sends the rows the last incarnation left sending: report them uncertain
                 # rather than leave a failed letter with recipients "sending" for ever.
                 uncertain = await deliveries.mark_sending_uncertain(connection, state.letter_id)
-                await letters.update_mail_order(
+                await letters.release_lease(
                     connection,
-                    state.letter_id,
+                    state.lease,
                     {
                         "running": False,
                         "restarts": restarts,
@@ -333,10 +433,12 @@ class LetterDeliveryService(GenServer[_State]):
                         "uncertain_found": uncertain,
                     },
                 )
+            state.lease = None
             _log.error("letter failed", letter_id=state.letter_id, reason=reason)
             return False
         if restarts != order.get("restarts", 0):
-            await letters.update_mail_order(state.pool, state.letter_id, {"restarts": restarts})
+            async with _fenced(state) as connection:
+                await letters.update_mail_order(connection, state.letter_id, {"restarts": restarts})
         return True
 
     def _policy(self, state: _State) -> UncertainPolicy:
@@ -346,6 +448,7 @@ class LetterDeliveryService(GenServer[_State]):
 
     def _start_driver(self, state: _State) -> None:
         assert state.pool is not None
+        assert state.lease is not None
         assert state.smtp is not None
         assert state.template is not None
         settings = state.args.context.settings
@@ -365,6 +468,7 @@ class LetterDeliveryService(GenServer[_State]):
                 context=state.args.context,
                 letter_id=state.letter_id,
                 pool=state.pool,
+                lease=state.lease,
                 task=task,
                 drain=state.drain,
             ),
@@ -397,15 +501,24 @@ class LetterDeliveryService(GenServer[_State]):
         if len(applied) != len(batch):
             _log.warning("outcomes fenced out", letter_id=state.letter_id, dropped=len(batch) - len(applied))
 
-    async def _stop_as(self, state: _State, status: LetterStatus) -> str:
-        """Pause or cancel: flush, then move the letter to ``status``."""
+    async def _stop_as(self, state: _State, status: LetterStatus) -> LetterStatus | None:
+        """Pause or cancel: flush, then move the letter to ``status`` and release its lease.
+
+        Paused or cancelled from another node, the letter's status is left as it is now (it may even
+        have been resumed since: then another node picks the letter up). None when the service
+        never held the lease: it was still loading, and changed nothing.
+        """
         await self._flush(state)
-        if state.pool is not None:
-            await letters.set_letter_status(
-                state.pool, state.letter_id, status, expected=[LetterStatus.SENDING, LetterStatus.PAUSED]
-            )
+        if state.lease is None:
+            return None
+        if not state.stopped_elsewhere:
+            async with _fenced(state) as connection:
+                await letters.set_letter_status(
+                    connection, state.letter_id, status, expected=[LetterStatus.SENDING, LetterStatus.PAUSED]
+                )
+        await self._release(state)
         _log.info("letter stopped", letter_id=state.letter_id, status=str(status))
-        return status.value
+        return status
 
     async def _settle(self, state: _State) -> NoReply[_State] | Stop[_State]:
         """The driver has ended and everything is flushed: finish, stop, or go on."""
@@ -420,13 +533,14 @@ class LetterDeliveryService(GenServer[_State]):
         if counts.unfinished:
             self._start_driver(state)  # some recipients are backing off: wait for them
             return NoReply(state)
-        async with transaction(state.pool) as connection:
+        assert state.lease is not None
+        async with _fenced(state) as connection:
             await letters.set_letter_status(
                 connection, state.letter_id, LetterStatus.SENT, expected=LetterStatus.SENDING
             )
-            await letters.update_mail_order(
+            await letters.release_lease(
                 connection,
-                state.letter_id,
+                state.lease,
                 {
                     "running": False,
                     "finished": True,
@@ -436,6 +550,7 @@ class LetterDeliveryService(GenServer[_State]):
                     "uncertain": counts.uncertain,
                 },
             )
+        state.lease = None
         _log.info(
             "letter sent",
             letter_id=state.letter_id,
@@ -446,6 +561,112 @@ class LetterDeliveryService(GenServer[_State]):
         )
         return Stop(NORMAL, state)
 
+    # ---------------------------------------------------------------- the lease
+
+    def _arm_renewal(self, state: _State) -> None:
+        self._disarm_renewal(state)
+        state.renew_timer = send_after(self_pid(), _RENEW, state.args.context.settings.lease_ttl / 3)
+
+    def _disarm_renewal(self, state: _State) -> None:
+        if state.renew_timer is not None:
+            cancel_timer(state.renew_timer)
+            state.renew_timer = None
+
+    async def _renew(self, state: _State) -> NoReply[_State] | Stop[_State]:
+        """Renew the lease (LeaseLostError if it was taken over), and act on the letter's status."""
+        assert state.pool is not None
+        if state.lease is None:  # a renewal timer that fired as the lease was given up
+            return NoReply(state)
+        settings = state.args.context.settings
+        state.lease, status = await letters.renew_lease(state.pool, state.lease, settings.lease_duration)
+        self._arm_renewal(state)
+        if status is not LetterStatus.SENDING and state.stopping is None:
+            # Paused or cancelled from another node: stop as if asked here (those in flight finish).
+            _log.info("letter stopped from elsewhere", letter_id=state.letter_id, status=str(status))
+            state.stopping, state.stopped_elsewhere = status, True
+            if state.drain is not None:
+                state.drain.set()
+        if state.driver is None:  # after a refused claim: settle (go on, or stop as asked)
+            return await self._settle(state)
+        return NoReply(state)
+
+    async def _await_driver(self, state: _State) -> None:
+        """Take the driver's verdicts until it has ended (``terminate`` blocks the server loop).
+
+        The lease is renewed meanwhile, as the timer would: the recipients in flight may take a while
+        to finish, and another node must not take the letter over from a node still sending it. A
+        renewal that finds the lease lost kills the driver, and its tasks with it, at once.
+        """
+        assert state.driver is not None
+        driver = state.driver
+        every = state.args.context.settings.lease_ttl / 3
+        while True:
+            try:
+                message = await receive(
+                    lambda m: (
+                        isinstance(m, RecipientsDone) or (isinstance(m, ExitMessage) and m.pid == driver)
+                    ),
+                    timeout=every if state.lease is not None else None,
+                )
+            except TimeoutError:
+                assert state.pool is not None
+                assert state.lease is not None
+                settings = state.args.context.settings
+                try:
+                    state.lease, _ = await letters.renew_lease(
+                        state.pool, state.lease, settings.lease_duration
+                    )
+                except LeaseLostError as error:
+                    _log.warning("lease lost while stopping", letter_id=state.letter_id, holder=error.holder)
+                    state.lease = None
+                    exit(driver, KILL)
+                continue
+            if isinstance(message, RecipientsDone):
+                state.buffer += message.verdicts
+            else:
+                break
+        state.driver = None
+
+    async def _release(self, state: _State) -> None:
+        """A clean stop: clear ``running`` and give the lease up, so another node may go on at once."""
+        if state.pool is not None and state.lease is not None:
+            await letters.release_lease(state.pool, state.lease, {"running": False})
+        state.lease = None
+
+    async def _lease_lost(self, state: _State, error: LeaseLostError) -> Stop[_State]:
+        """Another node took the letter over: stop sending at once and stop, writing nothing to it.
+
+        The driver is killed, and with it the recipient tasks in flight; their rows are the new
+        holder's to recover. The verdicts already reported are still written by ``terminate``: an
+        ack applies only to a row still claimed under its token, so none can undo the new holder's.
+        """
+        _log.warning(
+            "lease lost: another node sends the letter now", letter_id=state.letter_id, holder=error.holder
+        )
+        state.lease = None
+        self._disarm_renewal(state)
+        if state.driver is not None:
+            exit(state.driver, KILL)
+            await self._await_driver(state)
+        for waiter in state.waiters:
+            GenServer.reply(waiter, None)
+        state.waiters.clear()
+        return Stop(NORMAL, state)
+
+
+@asynccontextmanager
+async def _fenced(state: _State) -> AsyncIterator[Connection]:
+    """A transaction in which the service's lease still holds, and no other node can take it over.
+
+    The letter's row stays locked until the transaction ends; :class:`LeaseLostError` if the lease
+    is no longer the letter's (nothing in the block is then written).
+    """
+    assert state.pool is not None
+    assert state.lease is not None
+    async with transaction(state.pool) as connection:
+        await letters.lock_lease(connection, state.lease)
+        yield connection
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Driver:
@@ -455,6 +676,7 @@ class _Driver:
     context: DeliveryContext
     letter_id: int
     pool: asyncpg.Pool[asyncpg.Record]
+    lease: LetterLease
     task: RecipientTask
     drain: asyncio.Event
 
@@ -470,17 +692,29 @@ async def _drive(driver: _Driver) -> None:
     stream's input: a stream pulls its input before it hands out finished results, so an input
     that waits would hold the verdicts of the tasks in flight back (unflushed, and lost by a kill)
     for as long as the breaker stays open. The waits also end at once when the service drains.
+
+    Every claim presents the letter's lease. A refused claim (the lease lost or expired, the letter
+    paused or cancelled elsewhere) drains the driver as a pause would: nobody more is claimed, the
+    recipients in flight finish, and the driver ends with ``{shutdown, ClaimRefusedError}`` for the
+    service to find out what to do.
     """
     service, context, letter_id, pool = driver.service, driver.context, driver.letter_id, driver.pool
-    task, drain = driver.task, driver.drain
-    settings = context.settings
+    task, drain, lease, settings = driver.task, driver.drain, driver.lease, context.settings
     breaker = CircuitBreaker(base_delay=settings.breaker_base_delay, max_delay=settings.breaker_max_delay)
     reporter = _Reporter(service)
     report, report_pending = reporter.report, reporter.send_pending
+    refused: ClaimRefusedError | None = None
 
     async def claim() -> list[ClaimedRecipient]:
+        nonlocal refused
         report_pending()  # the claim waits on Postgres: the verdicts so far go first
-        batch = await deliveries.claim_recipients(pool, letter_id, limit=settings.claim_batch)
+        try:
+            batch = await deliveries.claim_recipients(
+                pool, letter_id, lease=lease, limit=settings.claim_batch
+            )
+        except ClaimRefusedError as error:
+            refused, batch = error, []
+            drain.set()  # claim nobody more; the recipients in flight finish
         if not batch:
             breaker.release_probe()  # nothing was sent: a probe taken for this claim proves nothing
         return batch
@@ -503,9 +737,11 @@ async def _drive(driver: _Driver) -> None:
     try:
         while not drain.is_set():
             if not await _until_allowed(breaker, drain):
-                return
+                break
             batch = await claim()
             if not batch:
+                if drain.is_set():
+                    break  # the claim was refused, or the service drains
                 due_in = await deliveries.next_due_in(pool, letter_id)
                 if due_in is None:
                     return  # nothing pending in Postgres: the service decides if the letter is done
@@ -522,19 +758,7 @@ async def _drive(driver: _Driver) -> None:
                 zip_input_on_exit=True,
             )
             async for result in stream:
-                match result:
-                    case Ok(value=verdict):
-                        pass
-                    case Exit(reason=(recipient, reason)):
-                        error = f"recipient task exited: {reason}"
-                        if task.hold_uncertain:  # it may have been mid-DATA: unknowable, so held
-                            verdict = RecipientVerdict(
-                                outcome=DeliveryOutcome.uncertain(recipient.claim, error)
-                            )
-                        else:
-                            verdict = settings.retry.transient(recipient.claim, error, task.rng)
-                    case _:
-                        raise AssertionError(f"unexpected stream result {result!r}")
+                verdict = _verdict(result, task, settings)
                 if verdict.transport_fault:
                     breaker.record_failure()
                 else:
@@ -543,6 +767,24 @@ async def _drive(driver: _Driver) -> None:
             report_pending()  # the stream has ended: a wait (or the driver's end) may follow
     finally:
         report_pending()  # sent even if the driver crashes or is killed: nothing is lost with it
+    if refused is not None:
+        raise ProcessExit(Shutdown(refused))
+
+
+def _verdict(
+    result: Ok[RecipientVerdict] | Exit, task: RecipientTask, settings: DeliverySettings
+) -> RecipientVerdict:
+    """The verdict on one recipient from its task's stream result: its own, or one for a task that
+    exited without giving any (killed for its timeout, or crashed)."""
+    match result:
+        case Ok(value=verdict):
+            return verdict
+        case Exit(reason=(recipient, reason)):
+            error = f"recipient task exited: {reason}"
+            if task.hold_uncertain:  # it may have been mid-DATA: unknowable, so held
+                return RecipientVerdict(outcome=DeliveryOutcome.uncertain(recipient.claim, error))
+            return settings.retry.transient(recipient.claim, error, task.rng)
+    raise AssertionError(f"unexpected stream result {result!r}")
 
 
 class _Reporter:

@@ -1,4 +1,4 @@
-"""Scheduler: boot recovery ("start lost children") and letters due later.
+"""Scheduler: boot recovery ("start lost children"), takeovers, and letters due later.
 
 A GenServer started after the dispatcher. At start (in ``handle_continue``, so that the tree's
 start is not held up) it resumes every letter a previous run left ``sending``: their services were
@@ -6,6 +6,14 @@ lost with that run, and their deliveries map in Postgres says where each one sto
 ``poll_interval`` seconds (and at once when :meth:`Scheduler.wake` is cast), it starts the letters
 whose ``send_at`` has come; a letter due while the daemon was down is sent at the first tick after
 it starts again (catching up).
+
+With several daemons (nodes) on one database, "left sending" means: sending, and no other node
+holds a live lease on it (see :func:`letters.letters_to_take_over`). Boot recovery skips the
+letters other nodes are sending, and every tick also looks for letters whose holder has died (its
+lease expired unrenewed) or stopped cleanly without finishing (it released the lease, as a daemon
+shutting down does), and starts them here: the takeover. The letter's service then recovers what
+the dead node left in flight. Several nodes may tick at once; the lease lets one of them win, and
+the others are told :class:`~mailman.services.errors.LetterLeasedError` and leave it.
 
 Example::
 
@@ -22,7 +30,9 @@ import structlog
 
 from mailman.services import letter_commands
 from mailman.services.delivery_context import DeliveryContext
+from mailman.services.errors import LetterLeasedError
 from mailman.services.letter_delivery_dispatcher import LetterDeliveryDispatcher
+from mailman.services.models import Letter
 from mailman.services.queries import letters
 from mailman.services.repo import Repo
 from mailman.supervisor import (
@@ -73,19 +83,22 @@ class Scheduler(GenServer[_State]):
         return Init(_State(args=arg), continue_with="boot")
 
     async def handle_continue(self, arg: Any, state: _State) -> NoReply[_State]:
-        context = state.args.context
-        pool = await Repo.pool(context.repo)
-        lost = await letters.letters_left_sending(pool)
-        for letter in lost:
-            await LetterDeliveryDispatcher.deliver(context, letter.id)
-        if lost:
-            _log.info("resumed letters left sending", letters=[letter.id for letter in lost])
+        taken = await self._take_over(state)
+        if taken:
+            _log.info("resumed letters left sending", letters=[letter.id for letter in taken])
         await self._send_due(state)
         return NoReply(state)
 
     async def handle_info(self, message: Any, state: _State) -> NoReply[_State]:
         if isinstance(message, _Tick):
             state.timer = None
+            taken = await self._take_over(state)
+            if taken:
+                _log.info(
+                    "took over letters",
+                    letters=[letter.id for letter in taken],
+                    from_nodes=sorted({letter.owner_node or "nobody" for letter in taken}),
+                )
             await self._send_due(state)
             return NoReply(state)
         return await super().handle_info(message, state)  # type: ignore[return-value]
@@ -98,6 +111,21 @@ class Scheduler(GenServer[_State]):
             await self._send_due(state)
             return NoReply(state)
         raise ValueError(f"unexpected cast {request!r}")
+
+    async def _take_over(self, state: _State) -> list[Letter]:
+        """Start here every letter sending that nobody else drives; those started (as they were)."""
+        context = state.args.context
+        pool = await Repo.pool(context.repo)
+        taken = []
+        for letter in await letters.letters_to_take_over(pool, context.settings.node_name):
+            if LetterDeliveryDispatcher.running(context, letter.id) is not None:
+                continue  # this node is sending it
+            try:
+                await LetterDeliveryDispatcher.deliver(context, letter.id)
+            except LetterLeasedError:
+                continue  # another node took it first
+            taken.append(letter)
+        return taken
 
     async def _send_due(self, state: _State) -> None:
         context = state.args.context

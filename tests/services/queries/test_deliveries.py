@@ -9,7 +9,8 @@ from typing import TypeAlias
 import asyncpg
 import pytest
 
-from mailman.services.errors import NotFoundError
+from mailman.services.database import transaction
+from mailman.services.errors import ClaimRefusedError, NotFoundError
 from mailman.services.models import (
     Audience,
     ClaimedDelivery,
@@ -17,6 +18,7 @@ from mailman.services.models import (
     DeliveryOutcome,
     DeliveryState,
     Letter,
+    LetterLease,
     LetterStatus,
     Newsletter,
     Recovery,
@@ -39,12 +41,33 @@ from mailman.services.queries.deliveries import (
     requeue_uncertain,
     retry_failed,
 )
-from mailman.services.queries.letters import create_letter, get_letter, schedule_letter, set_letter_status
+from mailman.services.queries.letters import (
+    acquire_lease,
+    create_letter,
+    get_letter,
+    release_lease,
+    renew_lease,
+    schedule_letter,
+    set_letter_status,
+)
 from mailman.services.queries.subscriptions import get_subscription, set_subscription_status
+from tests.services.engine_fixtures import eventually
 
 from .conftest import Subscribe, make_newsletter
+from .test_letters import expire as expire_lease
+from .test_letters import wait_for_lock_waiter
 
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+
+
+NODE = "node-a"
+"""The node holding the lease of the letters these tests claim from."""
+
+
+@pytest.fixture
+async def lease(pool: Pool, letter: Letter) -> LetterLease:
+    """The letter's lease, held by :data:`NODE` for an hour: what every claim presents."""
+    return await acquire_lease(pool, letter.id, node=NODE, ttl=timedelta(hours=1))
 
 
 @pytest.fixture
@@ -227,9 +250,11 @@ class TestPendingDeliveries:
 
         assert pages == [audience[0:2], audience[2:4], audience[4:5]]
 
-    async def test_leaves_out_claimed_rows(self, pool: Pool, letter: Letter, audience: list[int]) -> None:
+    async def test_leaves_out_claimed_rows(
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
+    ) -> None:
         """Rows claimed for sending are no longer pending."""
-        await claim_deliveries(pool, letter.id, limit=2)
+        await claim_deliveries(pool, letter.id, lease=lease, limit=2)
 
         page = await pending_deliveries(pool, letter.id)
 
@@ -237,9 +262,11 @@ class TestPendingDeliveries:
 
 
 class TestListDeliveries:
-    async def test_lists_only_the_given_state(self, pool: Pool, letter: Letter, audience: list[int]) -> None:
+    async def test_lists_only_the_given_state(
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
+    ) -> None:
         """Listing by state returns the rows in that state only."""
-        claims = await claim_deliveries(pool, letter.id, limit=2)
+        claims = await claim_deliveries(pool, letter.id, lease=lease, limit=2)
 
         sending = await list_deliveries(pool, letter.id, DeliveryState.SENDING)
 
@@ -255,10 +282,10 @@ class TestListDeliveries:
 
 class TestDeadLetters:
     async def test_lists_failed_rows_with_their_error(
-        self, pool: Pool, letter: Letter, audience: list[int]
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
     ) -> None:
         """Dead letters are the failed rows, each with the error that ended it."""
-        claims = await claim_deliveries(pool, letter.id, limit=2)
+        claims = await claim_deliveries(pool, letter.id, lease=lease, limit=2)
         await ack_deliveries(
             pool,
             letter.id,
@@ -277,10 +304,10 @@ class TestDeadLetters:
 
 class TestClaimDeliveries:
     async def test_claims_pending_rows_in_subscription_order(
-        self, pool: Pool, letter: Letter, audience: list[int]
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
     ) -> None:
         """Up to ``limit`` pending rows become sending, first by subscription id."""
-        claims = await claim_deliveries(pool, letter.id, limit=3)
+        claims = await claim_deliveries(pool, letter.id, lease=lease, limit=3)
 
         assert [claim.subscription_id for claim in claims] == audience[:3]
         assert [state for sid, state in sorted((await states(pool, letter.id)).items())] == [
@@ -292,72 +319,76 @@ class TestClaimDeliveries:
         ]
 
     async def test_increments_attempts_and_issues_distinct_tokens(
-        self, pool: Pool, letter: Letter, audience: list[int]
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
     ) -> None:
         """Each claim counts an attempt and gets its own lease token, stored on the row."""
-        claims = await claim_deliveries(pool, letter.id, limit=5)
+        claims = await claim_deliveries(pool, letter.id, lease=lease, limit=5)
 
         assert {claim.attempts for claim in claims} == {1}
         assert len({claim.lease_token for claim in claims}) == 5
         delivery = await get_delivery(pool, letter.id, claims[0].subscription_id)
         assert (delivery.attempts, delivery.lease_token) == (1, claims[0].lease_token)
 
-    async def test_claims_only_pending_rows(self, pool: Pool, letter: Letter, audience: list[int]) -> None:
+    async def test_claims_only_pending_rows(
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
+    ) -> None:
         """Rows already sending or final are never claimed again."""
-        first = await claim_deliveries(pool, letter.id, limit=3)
+        first = await claim_deliveries(pool, letter.id, lease=lease, limit=3)
         await ack_deliveries(pool, letter.id, [DeliveryOutcome.delivered(first[0])])
 
-        second = await claim_deliveries(pool, letter.id, limit=10)
+        second = await claim_deliveries(pool, letter.id, lease=lease, limit=10)
 
         assert [claim.subscription_id for claim in second] == audience[3:]
-        assert await claim_deliveries(pool, letter.id, limit=10) == []
+        assert await claim_deliveries(pool, letter.id, lease=lease, limit=10) == []
 
-    async def test_skips_rows_not_yet_due(self, pool: Pool, letter: Letter, audience: list[int]) -> None:
+    async def test_skips_rows_not_yet_due(
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
+    ) -> None:
         """A retry due later is not claimed before its next_attempt_at."""
-        [claim] = await claim_deliveries(pool, letter.id, limit=1)
+        [claim] = await claim_deliveries(pool, letter.id, lease=lease, limit=1)
         await ack_deliveries(
             pool, letter.id, [DeliveryOutcome.retry(claim, "451 try later", timedelta(hours=1))]
         )
 
-        claimed = await claim_deliveries(pool, letter.id, limit=10)
+        claimed = await claim_deliveries(pool, letter.id, lease=lease, limit=10)
 
         assert claim.subscription_id not in {c.subscription_id for c in claimed}
         assert len(claimed) == 4
 
     async def test_claims_a_due_retry_with_another_attempt(
-        self, pool: Pool, letter: Letter, audience: list[int]
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
     ) -> None:
         """A retry due now is claimed again, its attempts counting on from the first claim."""
-        [claim] = await claim_deliveries(pool, letter.id, limit=1)
+        [claim] = await claim_deliveries(pool, letter.id, lease=lease, limit=1)
         await ack_deliveries(pool, letter.id, [DeliveryOutcome.retry(claim, "451 try later", timedelta(0))])
 
-        claimed = await claim_deliveries(pool, letter.id, limit=10)
+        claimed = await claim_deliveries(pool, letter.id, lease=lease, limit=10)
 
         again = next(c for c in claimed if c.subscription_id == claim.subscription_id)
         assert again.attempts == 2
         assert again.lease_token != claim.lease_token
 
     async def test_leaves_other_letters_alone(
-        self, pool: Pool, newsletter: Newsletter, letter: Letter, audience: list[int]
+        self, pool: Pool, lease: LetterLease, newsletter: Newsletter, letter: Letter, audience: list[int]
     ) -> None:
         """A claim for one letter never takes another letter's rows."""
         other = await create_letter(pool, newsletter_id=newsletter.id, subject="Other", text_body="x")
         await fix_audience(pool, other.id)
 
-        await claim_deliveries(pool, letter.id, limit=10)
+        await claim_deliveries(pool, letter.id, lease=lease, limit=10)
 
         assert (await count_deliveries(pool, other.id)).pending == 5
 
     async def test_skips_rows_locked_by_an_uncommitted_claim(
-        self, pool: Pool, letter: Letter, audience: list[int]
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
     ) -> None:
         """While one claim's transaction is open, a second claimer gets the other rows, without waiting."""
         async with pool.acquire() as first, pool.acquire() as second:
             transaction = first.transaction()
             await transaction.start()
-            held = await claim_deliveries(first, letter.id, limit=3)
+            held = await claim_deliveries(first, letter.id, lease=lease, limit=3)
 
-            others = await claim_deliveries(second, letter.id, limit=10)
+            others = await claim_deliveries(second, letter.id, lease=lease, limit=10)
 
             await transaction.commit()
 
@@ -365,7 +396,7 @@ class TestClaimDeliveries:
         assert [c.subscription_id for c in others] == audience[3:]
 
     async def test_concurrent_claimers_never_share_a_row(
-        self, pool: Pool, letter: Letter, subscribe: Subscribe
+        self, pool: Pool, lease: LetterLease, letter: Letter, subscribe: Subscribe
     ) -> None:
         """Four connections claiming in a loop together claim every row exactly once."""
         ids = await subscribe(200)
@@ -374,7 +405,7 @@ class TestClaimDeliveries:
         async def claimer() -> list[ClaimedDelivery]:
             mine: list[ClaimedDelivery] = []
             async with pool.acquire() as connection:
-                while batch := await claim_deliveries(connection, letter.id, limit=7):
+                while batch := await claim_deliveries(connection, letter.id, lease=lease, limit=7):
                     mine.extend(batch)
             return mine
 
@@ -383,10 +414,10 @@ class TestClaimDeliveries:
         claimed = [claim.subscription_id for result in results for claim in result]
         assert sorted(claimed) == ids
 
-    async def test_rejects_a_limit_below_one(self, pool: Pool, letter: Letter) -> None:
+    async def test_rejects_a_limit_below_one(self, pool: Pool, lease: LetterLease, letter: Letter) -> None:
         """Claiming zero rows is a mistake."""
         with pytest.raises(ValueError, match="limit"):
-            await claim_deliveries(pool, letter.id, limit=0)
+            await claim_deliveries(pool, letter.id, lease=lease, limit=0)
 
 
 class TestNextDueIn:
@@ -398,12 +429,12 @@ class TestNextDueIn:
         assert due_in <= 0
 
     async def test_measures_the_wait_for_the_earliest_retry(
-        self, pool: Pool, letter: Letter, subscribe: Subscribe
+        self, pool: Pool, lease: LetterLease, letter: Letter, subscribe: Subscribe
     ) -> None:
         """With only retries pending, the wait is until the earliest one is due."""
         await subscribe(2)
         await fix_audience(pool, letter.id)
-        a, b = await claim_deliveries(pool, letter.id, limit=2)
+        a, b = await claim_deliveries(pool, letter.id, lease=lease, limit=2)
         await ack_deliveries(
             pool,
             letter.id,
@@ -418,19 +449,115 @@ class TestNextDueIn:
         assert due_in is not None
         assert 60 < due_in <= 120
 
-    async def test_nothing_pending_is_none(self, pool: Pool, letter: Letter, audience: list[int]) -> None:
+    async def test_nothing_pending_is_none(
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
+    ) -> None:
         """When no row is pending (all claimed or final), there is nothing to wait for."""
-        await claim_deliveries(pool, letter.id, limit=10)
+        await claim_deliveries(pool, letter.id, lease=lease, limit=10)
 
         assert await next_due_in(pool, letter.id) is None
 
 
+class TestClaimFence:
+    """A claim is fenced by the letter's lease: only its live holder claims, only while it is sending."""
+
+    async def test_a_lease_taken_over_claims_nothing(
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
+    ) -> None:
+        """Once another node has taken the letter over, the old holder's claim is refused, naming
+        the new holder, and leaves every row pending."""
+        await expire_lease(pool, letter.id)
+        await acquire_lease(pool, letter.id, node="node-b", ttl=timedelta(hours=1))
+
+        with pytest.raises(ClaimRefusedError, match="node node-b holds its lease"):
+            await claim_deliveries(pool, letter.id, lease=lease, limit=10)
+        with pytest.raises(ClaimRefusedError):
+            await claim_recipients(pool, letter.id, lease=lease, limit=10)
+
+        assert set((await states(pool, letter.id)).values()) == {DeliveryState.PENDING}
+
+    async def test_an_expired_lease_claims_nothing(
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
+    ) -> None:
+        """A holder whose lease expired claims nothing until it renews it, even if nobody took it."""
+        await expire_lease(pool, letter.id)
+
+        with pytest.raises(ClaimRefusedError, match="expired"):
+            await claim_deliveries(pool, letter.id, lease=lease, limit=10)
+
+        await renew_lease(pool, lease, timedelta(hours=1))
+        assert len(await claim_deliveries(pool, letter.id, lease=lease, limit=10)) == 5
+
+    async def test_a_released_lease_claims_nothing(
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
+    ) -> None:
+        """After the holder released the lease, its token is worth nothing."""
+        await release_lease(pool, lease)
+
+        with pytest.raises(ClaimRefusedError, match="nobody holds its lease"):
+            await claim_deliveries(pool, letter.id, lease=lease, limit=10)
+
+    async def test_a_paused_letter_is_not_claimed_from(
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
+    ) -> None:
+        """Paused (from any node), the letter's holder claims nobody more."""
+        await set_letter_status(pool, letter.id, LetterStatus.PAUSED)
+
+        with pytest.raises(ClaimRefusedError, match="the letter is paused"):
+            await claim_deliveries(pool, letter.id, lease=lease, limit=10)
+
+    async def test_nothing_due_is_not_a_refusal(
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
+    ) -> None:
+        """Under a good lease, an empty claim just means nothing is due."""
+        await claim_deliveries(pool, letter.id, lease=lease, limit=10)
+
+        assert await claim_deliveries(pool, letter.id, lease=lease, limit=10) == []
+
+    async def test_a_claim_racing_a_takeover_sees_it(
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
+    ) -> None:
+        """The race the claim's row lock is for: a claim whose transaction began while the lease was
+        live, run while another node is taking the letter over (its transaction holds the letter's
+        row), waits for the takeover to commit, then re-reads the lease and is refused, although
+        its snapshot predates the takeover. So the new holder's recovery, which comes after its
+        takeover, can never miss a row the old holder claimed."""
+        async with pool.acquire() as claimer, transaction(claimer):
+            began: datetime = await claimer.fetchval("SELECT now()")  # the claim's now(), from here on
+            expiry = began + timedelta(milliseconds=1)
+            await pool.execute("UPDATE letters SET lease_expires_at = $2 WHERE id = $1", letter.id, expiry)
+
+            async def expired() -> bool:
+                later: bool = await pool.fetchval("SELECT now() > $1", expiry)
+                return later
+
+            await eventually(expired)
+            async with pool.acquire() as connection, transaction(connection) as takeover:
+                await acquire_lease(takeover, letter.id, node="node-b", ttl=timedelta(hours=1))
+                claim = asyncio.ensure_future(claim_deliveries(claimer, letter.id, lease=lease, limit=10))
+                await wait_for_lock_waiter(pool)
+                assert not claim.done()
+
+            with pytest.raises(ClaimRefusedError, match="node node-b holds its lease"):
+                await claim
+        assert set((await states(pool, letter.id)).values()) == {DeliveryState.PENDING}
+
+    async def test_rejects_a_lease_on_another_letter(
+        self, pool: Pool, lease: LetterLease, letter: Letter, newsletter: Newsletter
+    ) -> None:
+        """A lease is for one letter: presenting it for another is a mistake."""
+        other = await create_letter(pool, newsletter_id=newsletter.id, subject="Other", text_body="x")
+
+        with pytest.raises(ValueError, match=f"expected a lease on letter {other.id}"):
+            await claim_deliveries(pool, other.id, lease=lease, limit=10)
+
+
 class TestClaimRecipients:
     async def test_returns_claims_with_subscription_details(
-        self, pool: Pool, letter: Letter, audience: list[int]
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
     ) -> None:
         """Each claim comes with the subscriber's email, name, status and unsubscribe token."""
-        recipients = await claim_recipients(pool, letter.id, limit=2)
+        recipients = await claim_recipients(pool, letter.id, lease=lease, limit=2)
 
         assert [r.claim.subscription_id for r in recipients] == audience[:2]
         subscription = await get_subscription(pool, audience[0])
@@ -444,20 +571,22 @@ class TestClaimRecipients:
         assert (await get_delivery(pool, letter.id, audience[0])).lease_token == first.claim.lease_token
 
     async def test_reports_the_current_subscription_status(
-        self, pool: Pool, letter: Letter, audience: list[int]
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
     ) -> None:
         """A subscriber who left after the audience was fixed is claimed with the new status."""
         await set_subscription_status(pool, audience[0], SubscriptionStatus.UNSUBSCRIBED)
 
-        [recipient] = await claim_recipients(pool, letter.id, limit=1)
+        [recipient] = await claim_recipients(pool, letter.id, lease=lease, limit=1)
 
         assert recipient.status is SubscriptionStatus.UNSUBSCRIBED
 
 
 class TestAckDeliveries:
-    async def test_applies_final_outcomes(self, pool: Pool, letter: Letter, audience: list[int]) -> None:
+    async def test_applies_final_outcomes(
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
+    ) -> None:
         """Delivered, failed and skipped are stored with their error, and the lease is cleared."""
-        a, b, c = await claim_deliveries(pool, letter.id, limit=3)
+        a, b, c = await claim_deliveries(pool, letter.id, lease=lease, limit=3)
 
         applied = await ack_deliveries(
             pool,
@@ -478,10 +607,10 @@ class TestAckDeliveries:
         ]
 
     async def test_retry_is_pending_later_with_attempts_kept(
-        self, pool: Pool, letter: Letter, audience: list[int]
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
     ) -> None:
         """A retry returns the row to pending, due after the delay, with its attempt still counted."""
-        [claim] = await claim_deliveries(pool, letter.id, limit=1)
+        [claim] = await claim_deliveries(pool, letter.id, lease=lease, limit=1)
         before: datetime = await pool.fetchval("SELECT now()")
 
         await ack_deliveries(
@@ -497,24 +626,26 @@ class TestAckDeliveries:
         assert delivery.next_attempt_at >= before + timedelta(minutes=5)
 
     async def test_release_gives_the_attempt_back(
-        self, pool: Pool, letter: Letter, audience: list[int]
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
     ) -> None:
         """A released recipient is pending and due at once, its attempt not counted."""
-        [claim] = await claim_deliveries(pool, letter.id, limit=1)
+        [claim] = await claim_deliveries(pool, letter.id, lease=lease, limit=1)
 
         await ack_deliveries(pool, letter.id, [DeliveryOutcome.release(claim, "530 authentication required")])
 
         delivery = await get_delivery(pool, letter.id, claim.subscription_id)
         assert (delivery.state, delivery.attempts) == (DeliveryState.PENDING, 0)
         assert delivery.last_error == "530 authentication required"
-        reclaimed = await claim_deliveries(pool, letter.id, limit=5)
+        reclaimed = await claim_deliveries(pool, letter.id, lease=lease, limit=5)
         assert (claim.subscription_id, 1) in {(c.subscription_id, c.attempts) for c in reclaimed}
 
-    async def test_ignores_a_stale_lease_token(self, pool: Pool, letter: Letter, audience: list[int]) -> None:
+    async def test_ignores_a_stale_lease_token(
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
+    ) -> None:
         """After a row was recovered and claimed again, the old claim's ack changes nothing."""
-        [stale] = await claim_deliveries(pool, letter.id, limit=1)
+        [stale] = await claim_deliveries(pool, letter.id, lease=lease, limit=1)
         await recover_deliveries(pool, letter.id, UncertainPolicy.RESEND)
-        [fresh, *_] = await claim_deliveries(pool, letter.id, limit=5)
+        [fresh, *_] = await claim_deliveries(pool, letter.id, lease=lease, limit=5)
         assert fresh.subscription_id == stale.subscription_id
 
         applied = await ack_deliveries(pool, letter.id, [DeliveryOutcome.failed(stale, "zombie")])
@@ -524,10 +655,10 @@ class TestAckDeliveries:
         assert (delivery.state, delivery.lease_token) == (DeliveryState.SENDING, fresh.lease_token)
 
     async def test_applies_the_valid_part_of_a_mixed_batch(
-        self, pool: Pool, letter: Letter, audience: list[int]
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
     ) -> None:
         """In one batch, acks with the current token apply and the fenced-out ones are reported missing."""
-        a, b = await claim_deliveries(pool, letter.id, limit=2)
+        a, b = await claim_deliveries(pool, letter.id, lease=lease, limit=2)
         forged = ClaimedDelivery(
             subscription_id=b.subscription_id, attempts=1, lease_token=b.lease_token + 1000
         )
@@ -540,10 +671,10 @@ class TestAckDeliveries:
         assert (await get_delivery(pool, letter.id, b.subscription_id)).state is DeliveryState.SENDING
 
     async def test_ignores_rows_that_are_not_sending(
-        self, pool: Pool, letter: Letter, audience: list[int]
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
     ) -> None:
         """An ack for a row that was never claimed (or already acknowledged) is ignored."""
-        [claim] = await claim_deliveries(pool, letter.id, limit=1)
+        [claim] = await claim_deliveries(pool, letter.id, lease=lease, limit=1)
         await ack_deliveries(pool, letter.id, [DeliveryOutcome.delivered(claim)])
 
         applied = await ack_deliveries(pool, letter.id, [DeliveryOutcome.failed(claim, "late duplicate")])
@@ -556,10 +687,10 @@ class TestAckDeliveries:
         assert await ack_deliveries(pool, letter.id, []) == set()
 
     async def test_rejects_two_outcomes_for_one_recipient(
-        self, pool: Pool, letter: Letter, audience: list[int]
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
     ) -> None:
         """One batch may hold one outcome per recipient: two would race inside one statement."""
-        [claim] = await claim_deliveries(pool, letter.id, limit=1)
+        [claim] = await claim_deliveries(pool, letter.id, lease=lease, limit=1)
 
         with pytest.raises(ValueError, match="at most one outcome"):
             await ack_deliveries(
@@ -569,10 +700,10 @@ class TestAckDeliveries:
 
 class TestMarkSendingUncertain:
     async def test_sending_rows_become_uncertain(
-        self, pool: Pool, letter: Letter, audience: list[int]
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
     ) -> None:
         """Rows left sending become uncertain, with their lease cleared; the count is returned."""
-        claims = await claim_deliveries(pool, letter.id, limit=2)
+        claims = await claim_deliveries(pool, letter.id, lease=lease, limit=2)
 
         assert await mark_sending_uncertain(pool, letter.id) == 2
 
@@ -583,24 +714,24 @@ class TestMarkSendingUncertain:
 
 class TestRequeueUncertain:
     async def test_uncertain_rows_become_pending_with_attempts_kept(
-        self, pool: Pool, letter: Letter, audience: list[int]
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
     ) -> None:
         """Requeued rows are pending and claimable again; their earlier attempt still counts."""
-        await claim_deliveries(pool, letter.id, limit=2)
+        await claim_deliveries(pool, letter.id, lease=lease, limit=2)
         await mark_sending_uncertain(pool, letter.id)
 
         assert await requeue_uncertain(pool, letter.id) == 2
 
-        claims = await claim_deliveries(pool, letter.id, limit=5)
+        claims = await claim_deliveries(pool, letter.id, lease=lease, limit=5)
         assert sorted(claim.attempts for claim in claims) == [1, 1, 1, 2, 2]
 
 
 class TestRecoverDeliveries:
     async def test_resend_policy_requeues_the_rows_in_flight(
-        self, pool: Pool, letter: Letter, audience: list[int]
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
     ) -> None:
         """With resend, rows left sending end up pending (at-least-once)."""
-        await claim_deliveries(pool, letter.id, limit=2)
+        await claim_deliveries(pool, letter.id, lease=lease, limit=2)
 
         recovery = await recover_deliveries(pool, letter.id, UncertainPolicy.RESEND)
 
@@ -608,10 +739,10 @@ class TestRecoverDeliveries:
         assert await count_deliveries(pool, letter.id) == DeliveryCounts(pending=5)
 
     async def test_hold_policy_leaves_them_uncertain(
-        self, pool: Pool, letter: Letter, audience: list[int]
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
     ) -> None:
         """With hold, rows left sending stay uncertain, so nobody is mailed twice (at-most-once)."""
-        await claim_deliveries(pool, letter.id, limit=2)
+        await claim_deliveries(pool, letter.id, lease=lease, limit=2)
 
         recovery = await recover_deliveries(pool, letter.id, UncertainPolicy.HOLD)
 
@@ -629,11 +760,13 @@ class TestRecoverDeliveries:
 
 
 class TestCountDeliveries:
-    async def test_counts_every_state(self, pool: Pool, letter: Letter, subscribe: Subscribe) -> None:
+    async def test_counts_every_state(
+        self, pool: Pool, lease: LetterLease, letter: Letter, subscribe: Subscribe
+    ) -> None:
         """One query reports how many rows are in each of the six states."""
         await subscribe(7)
         await fix_audience(pool, letter.id)
-        a, b, c, _ = await claim_deliveries(pool, letter.id, limit=4)
+        a, b, c, _ = await claim_deliveries(pool, letter.id, lease=lease, limit=4)
         await ack_deliveries(
             pool,
             letter.id,
@@ -644,7 +777,7 @@ class TestCountDeliveries:
             ],
         )
         await mark_sending_uncertain(pool, letter.id)
-        await claim_deliveries(pool, letter.id, limit=1)
+        await claim_deliveries(pool, letter.id, lease=lease, limit=1)
 
         counts = await count_deliveries(pool, letter.id)
 
@@ -658,10 +791,10 @@ class TestCountDeliveries:
 
 class TestRetryFailed:
     async def test_failed_rows_become_pending_with_attempts_reset(
-        self, pool: Pool, letter: Letter, audience: list[int]
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
     ) -> None:
         """Dead letters are pending again with a fresh attempt budget; other rows are untouched."""
-        a, b = await claim_deliveries(pool, letter.id, limit=2)
+        a, b = await claim_deliveries(pool, letter.id, lease=lease, limit=2)
         await ack_deliveries(
             pool, letter.id, [DeliveryOutcome.failed(a, "550"), DeliveryOutcome.delivered(b)]
         )
@@ -672,5 +805,5 @@ class TestRetryFailed:
         assert (retried.state, retried.attempts) == (DeliveryState.PENDING, 0)
         assert (await get_delivery(pool, letter.id, b.subscription_id)).state is DeliveryState.DELIVERED
         assert a.subscription_id in {
-            claim.subscription_id for claim in await claim_deliveries(pool, letter.id, limit=5)
+            claim.subscription_id for claim in await claim_deliveries(pool, letter.id, lease=lease, limit=5)
         }

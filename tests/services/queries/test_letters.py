@@ -18,7 +18,6 @@ from mailman.services.queries.letters import (
     create_letter,
     get_letter,
     letters_due,
-    letters_left_sending,
     letters_to_take_over,
     lock_lease,
     release_lease,
@@ -194,23 +193,6 @@ class TestLettersDue:
             await schedule_letter(pool, letter.id, now - timedelta(minutes=n))
 
         assert len(await letters_due(pool, limit=2)) == 2
-
-
-class TestLettersLeftSending:
-    async def test_returns_letters_in_status_sending(self, pool: Pool, newsletter: Newsletter) -> None:
-        """Only letters a previous run left sending are returned; paused and sent ones are not."""
-        letters = [
-            await create_letter(pool, newsletter_id=newsletter.id, subject=str(n), text_body="x")
-            for n in range(4)
-        ]
-        await set_letter_status(pool, letters[0].id, LetterStatus.SENDING)
-        await set_letter_status(pool, letters[1].id, LetterStatus.PAUSED)
-        await set_letter_status(pool, letters[2].id, LetterStatus.SENT)
-        await set_letter_status(pool, letters[3].id, LetterStatus.SENDING)
-
-        left = await letters_left_sending(pool)
-
-        assert [letter.id for letter in left] == [letters[0].id, letters[3].id]
 
 
 TTL = timedelta(minutes=5)

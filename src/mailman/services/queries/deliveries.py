@@ -3,7 +3,8 @@
 The life of a row::
 
     fix_audience      ->  pending
-    claim_deliveries  :   pending   -> sending    (attempts + 1, a fresh lease token; due rows only)
+    claim_deliveries  :   pending   -> sending    (attempts + 1, a fresh lease token; due rows only;
+                                       only under the letter's live lease, see below)
     ack_deliveries    :   sending   -> delivered | failed | skipped | pending (retry later, or a
                                        release that gives the attempt back)
                           only if the row is still sending under the token presented (fencing)
@@ -15,6 +16,13 @@ Claims commit at once and the sending happens outside any transaction; acks are 
 ``UPDATE ... FROM unnest(...)`` per batch. The fencing token means an ack from a task whose claim
 was rescued meanwhile (a zombie) changes nothing, and the caller learns which acks were applied.
 See the composite recipe (c.6) of the job-queues reference.
+
+Claims are fenced per letter too: a claim presents the node's
+:class:`~mailman.services.models.LetterLease` and claims nothing unless that lease is the letter's,
+live, and the letter is sending. It share-locks the letter's row while it claims, so a takeover
+(which locks the row to change the lease) waits for a claim in progress, and a claim that comes
+after a takeover sees it: the new holder's recovery finds every row the old holder claimed, and the
+old holder cannot claim again. It then gets :class:`~mailman.services.errors.ClaimRefusedError`.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from mailman.services.database import Executor, transaction, translate_errors
-from mailman.services.errors import NotFoundError
+from mailman.services.errors import ClaimRefusedError, NotFoundError
 from mailman.services.models import (
     Audience,
     ClaimedDelivery,
@@ -33,6 +41,7 @@ from mailman.services.models import (
     DeliveryCounts,
     DeliveryOutcome,
     DeliveryState,
+    LetterLease,
     LetterStatus,
     Recovery,
     SubscriptionStatus,
@@ -150,11 +159,22 @@ WHERE letter_id = $1 AND state = 'pending'
 # letter that ANALYZE has not seen yet is estimated at one row and the planner scans all of the
 # letter's deliveries for every claim (measured: 50 ms instead of 0.6 ms per claim of 25 at 10,000
 # recipients, and growing with the letter). The key is still compared, as a guard.
+#
+# The lease CTE fences the claim by the letter's lease ($3, the holder's token; see the module
+# docstring): one primary-key probe of the letter, checked once (an InitPlan) before any delivery
+# is read. FOR SHARE, not FOR KEY SHARE: a key-share lock does not conflict with the takeover's
+# non-key update, and would let this claim go on with the lease its snapshot saw; FOR SHARE waits
+# for the takeover to commit and then re-checks the letter's newest row version. Share locks do not
+# conflict with each other nor with the foreign-key checks of a flush, so claims never queue.
 CLAIM = """
-WITH claimable AS MATERIALIZED (
+WITH lease AS MATERIALIZED (
+    SELECT FROM letters
+    WHERE id = $1 AND owner_token = $3 AND lease_expires_at > now() AND status = 'sending'
+    FOR SHARE
+), claimable AS MATERIALIZED (
     SELECT ctid, subscription_id
     FROM deliveries
-    WHERE letter_id = $1 AND state = 'pending' AND next_attempt_at <= now()
+    WHERE letter_id = $1 AND state = 'pending' AND next_attempt_at <= now() AND EXISTS (SELECT FROM lease)
     ORDER BY next_attempt_at, subscription_id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -171,10 +191,14 @@ RETURNING d.subscription_id, d.attempts, d.lease_token
 
 # The same claim, joined with what sending needs of each subscription: one round trip per batch.
 CLAIM_RECIPIENTS = """
-WITH claimable AS MATERIALIZED (
+WITH lease AS MATERIALIZED (
+    SELECT FROM letters
+    WHERE id = $1 AND owner_token = $3 AND lease_expires_at > now() AND status = 'sending'
+    FOR SHARE
+), claimable AS MATERIALIZED (
     SELECT ctid, subscription_id
     FROM deliveries
-    WHERE letter_id = $1 AND state = 'pending' AND next_attempt_at <= now()
+    WHERE letter_id = $1 AND state = 'pending' AND next_attempt_at <= now() AND EXISTS (SELECT FROM lease)
     ORDER BY next_attempt_at, subscription_id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -193,6 +217,13 @@ SELECT claimed.subscription_id, claimed.attempts, claimed.lease_token,
 FROM claimed
 JOIN subscriptions AS s ON s.id = claimed.subscription_id
 ORDER BY claimed.subscription_id
+"""
+
+# Read only after a claim came back empty: nothing was due, or the fence refused it (and why).
+CLAIM_FENCE = """
+SELECT status, owner_node, owner_token = $2 AS ours, lease_expires_at > now() AS live, lease_expires_at
+FROM letters
+WHERE id = $1
 """
 
 # Fenced: a row is updated only while it is still sending under the token of the claim being
@@ -366,16 +397,22 @@ async def next_due_in(executor: Executor, letter_id: int) -> float | None:
 
 
 @translate_errors
-async def claim_deliveries(executor: Executor, letter_id: int, *, limit: int) -> list[ClaimedDelivery]:
+async def claim_deliveries(
+    executor: Executor, letter_id: int, *, lease: LetterLease, limit: int
+) -> list[ClaimedDelivery]:
     """Claim up to ``limit`` due pending deliveries of the letter for sending, by subscription id.
 
     Each claimed row becomes sending with one more attempt and a new lease token. Rows locked by a
     concurrent claimer are skipped, so concurrent claims never return the same row. The claim
     commits on its own (unless the caller holds a transaction): send outside any transaction.
+
+    Only the holder of the letter's live ``lease`` claims, and only while the letter is sending:
+    otherwise :class:`ClaimRefusedError`, with nothing claimed. An empty list means nothing is due.
     """
-    if limit < 1:
-        raise ValueError(f"expected a limit >= 1, got {limit}")
-    rows = await executor.fetch(CLAIM, letter_id, limit)
+    _check_claim(letter_id, lease, limit)
+    rows = await executor.fetch(CLAIM, letter_id, limit, lease.token)
+    if not rows:
+        await _check_fence(executor, lease)
     claims = [
         ClaimedDelivery(
             subscription_id=row["subscription_id"], attempts=row["attempts"], lease_token=row["lease_token"]
@@ -387,15 +424,19 @@ async def claim_deliveries(executor: Executor, letter_id: int, *, limit: int) ->
 
 
 @translate_errors
-async def claim_recipients(executor: Executor, letter_id: int, *, limit: int) -> list[ClaimedRecipient]:
+async def claim_recipients(
+    executor: Executor, letter_id: int, *, lease: LetterLease, limit: int
+) -> list[ClaimedRecipient]:
     """Claim like :func:`claim_deliveries`, returning each claim with its subscription's details.
 
     The subscription's email, name, current status and unsubscribe token come from the same
-    statement, so a batch of recipient tasks starts after one round trip.
+    statement, so a batch of recipient tasks starts after one round trip. Fenced by ``lease`` in
+    the same way (:class:`ClaimRefusedError`).
     """
-    if limit < 1:
-        raise ValueError(f"expected a limit >= 1, got {limit}")
-    rows = await executor.fetch(CLAIM_RECIPIENTS, letter_id, limit)
+    _check_claim(letter_id, lease, limit)
+    rows = await executor.fetch(CLAIM_RECIPIENTS, letter_id, limit, lease.token)
+    if not rows:
+        await _check_fence(executor, lease)
     return [
         ClaimedRecipient(
             claim=ClaimedDelivery(
@@ -410,6 +451,30 @@ async def claim_recipients(executor: Executor, letter_id: int, *, limit: int) ->
         )
         for row in rows
     ]
+
+
+def _check_claim(letter_id: int, lease: LetterLease, limit: int) -> None:
+    if limit < 1:
+        raise ValueError(f"expected a limit >= 1, got {limit}")
+    if lease.letter_id != letter_id:
+        raise ValueError(f"expected a lease on letter {letter_id}, got one on letter {lease.letter_id}")
+
+
+async def _check_fence(executor: Executor, lease: LetterLease) -> None:
+    """After an empty claim: raise :class:`ClaimRefusedError` if the fence, not the queue, was why."""
+    row = await executor.fetchrow(CLAIM_FENCE, lease.letter_id, lease.token)
+    if row is None:
+        raise NotFoundError("letter", lease.letter_id)
+    if not row["ours"]:
+        holder = row["owner_node"]
+        reason = "nobody holds its lease" if holder is None else f"node {holder} holds its lease"
+    elif not row["live"]:
+        reason = f"the lease of node {lease.node} expired at {row['lease_expires_at'].isoformat()}"
+    elif row["status"] != LetterStatus.SENDING:
+        reason = f"the letter is {row['status']}"
+    else:
+        return
+    raise ClaimRefusedError(lease.letter_id, reason)
 
 
 @translate_errors

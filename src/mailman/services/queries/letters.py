@@ -38,7 +38,6 @@ __all__ = [
     "create_letter",
     "get_letter",
     "letters_due",
-    "letters_left_sending",
     "letters_to_take_over",
     "lock_lease",
     "release_lease",
@@ -99,14 +98,6 @@ FROM letters
 WHERE status = 'scheduled' AND send_at <= now()
 ORDER BY send_at, id
 LIMIT $1
-"""
-
-SELECT_LEFT_SENDING = """
-SELECT id, newsletter_id, subject, text_body, html_body, status, send_at, uncertain_policy,
-       mail_order::text AS mail_order, created_at, updated_at, owner_node, lease_expires_at
-FROM letters
-WHERE status = 'sending'
-ORDER BY id
 """
 
 # Served by letters_sending_idx. "Or this node": at boot, the letters a previous run of this node
@@ -254,12 +245,6 @@ async def update_mail_order(executor: Executor, letter_id: int, changes: Mapping
 async def letters_due(executor: Executor, *, limit: int = 100) -> list[Letter]:
     """Scheduled letters whose ``send_at`` has come (by the database clock), earliest first."""
     return [_letter_from_row(row) for row in await executor.fetch(SELECT_DUE, limit)]
-
-
-@translate_errors
-async def letters_left_sending(executor: Executor) -> list[Letter]:
-    """Letters in status sending: at boot, those a previous run did not finish."""
-    return [_letter_from_row(row) for row in await executor.fetch(SELECT_LEFT_SENDING)]
 
 
 @translate_errors
