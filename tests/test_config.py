@@ -38,6 +38,8 @@ class TestDefaults:
         assert settings.message_domain == "mailman.localhost"
         assert settings.uncertain_policy is UncertainPolicy.RESEND
         assert settings.max_letter_restarts == 5
+        assert settings.node_name is None  # the daemon makes a unique one up at start
+        assert settings.lease_ttl == 15.0
         assert settings.allowed_uids == ()
         assert settings.log_format is LogFormat.CONSOLE
         assert settings.log_level is LogLevel.INFO
@@ -84,6 +86,8 @@ class TestEnvironment:
                 "MAILMAN_MESSAGE_DOMAIN": "News.Example.COM",
                 "MAILMAN_UNCERTAIN_POLICY": "hold",
                 "MAILMAN_MAX_LETTER_RESTARTS": "0",
+                "MAILMAN_NODE_NAME": " mail-1.example.com ",
+                "MAILMAN_LEASE_TTL": "30",
                 "MAILMAN_LOG_FORMAT": "json",
                 "MAILMAN_LOG_LEVEL": "DEBUG",
             }
@@ -95,6 +99,8 @@ class TestEnvironment:
         assert settings.message_domain == "news.example.com"
         assert settings.uncertain_policy is UncertainPolicy.HOLD
         assert settings.max_letter_restarts == 0
+        assert settings.node_name == "mail-1.example.com"
+        assert settings.lease_ttl == 30.0
         assert settings.log_format is LogFormat.JSON
         assert settings.log_level is LogLevel.DEBUG
 
@@ -193,6 +199,22 @@ class TestValidation:
             ("MAILMAN_MAX_ATTEMPTS", "101", "expected an integer from 1 to 100, got '101'"),
             ("MAILMAN_MAX_LETTER_RESTARTS", "-1", "expected an integer from 0 to 1000, got '-1'"),
             ("MAILMAN_UNCERTAIN_POLICY", "maybe", "expected 'resend' or 'hold', got 'maybe'"),
+            (
+                "MAILMAN_NODE_NAME",
+                "two words",
+                "expected a node name of 1 to 100 letters, digits, '.', '_', ':', '@' or '-' (starting "
+                "with a letter or digit), such as mail-1.example.com, got 'two words'",
+            ),
+            (
+                "MAILMAN_LEASE_TTL",
+                "0.5",
+                "expected a number of seconds from 1 to 3600, such as 15, got '0.5'",
+            ),
+            (
+                "MAILMAN_LEASE_TTL",
+                "nan",
+                "expected a number of seconds from 1 to 3600, such as 15, got 'nan'",
+            ),
             ("MAILMAN_LOG_FORMAT", "xml", "expected 'console' or 'json', got 'xml'"),
             (
                 "MAILMAN_LOG_LEVEL",

@@ -120,6 +120,21 @@ def _hostname(value: object) -> object:
     return host
 
 
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}")
+
+
+def _node_name(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    name = value.strip()
+    if not _NODE_NAME.fullmatch(name):
+        raise ValueError(
+            "expected a node name of 1 to 100 letters, digits, '.', '_', ':', '@' or '-' (starting "
+            f"with a letter or digit), such as mail-1.example.com, got {value!r}"
+        )
+    return name
+
+
 def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
@@ -151,6 +166,9 @@ class Settings(BaseSettings):
     - ``message_domain``: the right-hand side of the Message-IDs the daemon makes.
     - ``uncertain_policy``: what recovery does with messages that were in flight at a crash.
     - ``max_letter_restarts``: crashes of one letter's sender before the letter is failed.
+    - ``node_name``: this daemon's name among those sharing the database; unset = one made up at
+      start, unique (``<hostname>-<pid>-<random>``). ``lease_ttl``: seconds a letter's lease lasts
+      unless renewed, i.e. how long other daemons wait before they take over a dead one's letters.
     - ``allowed_uids``: user ids besides the daemon's own that may use the RPC socket.
     - ``log_format``, ``log_level``: see :func:`mailman.log_setup.configure_logging`.
     """
@@ -186,6 +204,16 @@ class Settings(BaseSettings):
         default=UncertainPolicy.RESEND, description="'resend' or 'hold'"
     )
     max_letter_restarts: int = Field(default=5, ge=0, le=1000, description="an integer from 0 to 1000")
+    node_name: Annotated[str | None, BeforeValidator(_node_name)] = Field(
+        default=None, description="a node name such as mail-1.example.com"
+    )
+    lease_ttl: float = Field(
+        default=15.0,
+        ge=1,
+        le=3600,
+        allow_inf_nan=False,
+        description="a number of seconds from 1 to 3600, such as 15",
+    )
     allowed_uids: Annotated[tuple[Annotated[int, Field(ge=0)], ...], NoDecode, BeforeValidator(_uid_list)] = (
         Field(default=(), description="a list of user ids, such as 1000,1001")
     )

@@ -81,6 +81,19 @@ class TestFormatStatus:
             "  restarts: 1",
         ]
 
+    def test_the_node_sending_a_letter(self) -> None:
+        """A letter being sent says which daemon (node) sends it, and until when it holds it."""
+        text = format_status(
+            {
+                "letter_id": 3,
+                "state": "sending",
+                "counts": {},
+                "node": "mail-1",
+                "lease_expires_at": "2030-01-31T09:00:15+00:00",
+            }
+        )
+        assert "  sent by node mail-1 (lease until 2030-01-31T09:00:15+00:00)" in text.splitlines()
+
     def test_why_a_letter_failed(self) -> None:
         """A failed letter says why; a command's message follows the state."""
         text = format_status(

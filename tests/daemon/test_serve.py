@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -99,7 +100,8 @@ class TestStart:
     ) -> None:
         """A second daemon on the socket of a running one exits non-zero saying another mailman runs
         there, having started nothing (its Scheduler would resume the letters the first is sending);
-        the first goes on and mails everyone exactly once."""
+        the first goes on and mails everyone exactly once. (The letter's status names the node
+        sending it: with no MAILMAN_NODE_NAME, ``<hostname>-<pid>-<random>``.)"""
         first = await launcher.start(env={"MAILMAN_CONCURRENCY": "1"})
         async with first.client() as client:
             newsletter_id, emails = await make_newsletter(client, 5)
@@ -107,6 +109,9 @@ class TestStart:
             held = smtp_sink.hold("END")
             await client.letter_send(letter_id)
         await wait_for(held.reached)
+        async with first.client() as client:
+            status = await client.letter_status(letter_id)
+        assert status["node"].startswith(f"{socket.gethostname()}-{first.pid}-")
 
         second = await launcher.spawn()
         assert await second.wait_exit() != 0

@@ -89,6 +89,8 @@ def format_status(status: Mapping[str, Any]) -> str:
     if isinstance(status.get("audience"), int):
         line += f"  (audience {status['audience']:,})"
     lines.append(line)
+    if status.get("node") and status.get("state") == "sending":
+        lines.append(f"  sent by node {status['node']} (lease until {status.get('lease_expires_at')})")
     if status.get("restarts"):
         lines.append(f"  restarts: {status['restarts']}")
     if status.get("failure_reason"):

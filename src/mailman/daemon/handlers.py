@@ -31,7 +31,13 @@ from mailman.rpc import (
 )
 from mailman.services import letter_commands
 from mailman.services.delivery_context import DeliveryContext
-from mailman.services.errors import ConflictError, DatabaseUnavailableError, InvalidDataError, NotFoundError
+from mailman.services.errors import (
+    ConflictError,
+    DatabaseUnavailableError,
+    InvalidDataError,
+    LetterLeasedError,
+    NotFoundError,
+)
 from mailman.services.mailer_server import Mailer
 from mailman.services.message import TemplateError
 from mailman.services.models import NewSubscriber
@@ -153,7 +159,7 @@ def map_error(error: Exception) -> RpcError | None:
     match error:
         case NotFoundError():
             return RpcError(ErrorCode.NOT_FOUND, str(error))
-        case ConflictError():
+        case ConflictError() | LetterLeasedError():  # the letter commands answer the latter themselves
             return RpcError(ErrorCode.CONFLICT, str(error))
         case DatabaseUnavailableError():
             return RpcError(ErrorCode.UNAVAILABLE, f"the database is unavailable: {error}")

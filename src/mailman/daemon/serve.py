@@ -39,7 +39,7 @@ from mailman.embedded.smtp_sink import MaildirSink
 from mailman.log_setup import configure_logging
 from mailman.rpc import RpcServer
 from mailman.services.application import Application, ApplicationConfig
-from mailman.services.delivery_context import DeliveryContext, DeliverySettings
+from mailman.services.delivery_context import DeliveryContext, DeliverySettings, default_node_name
 from mailman.services.errors import MailmanError
 from mailman.services.mailer import SmtpUrl
 from mailman.services.mailer_server import MailerConfig
@@ -134,6 +134,8 @@ class Daemon:
                 message_domain=settings.message_domain,
                 uncertain_policy=settings.uncertain_policy,
                 max_letter_restarts=settings.max_letter_restarts,
+                node_name=settings.node_name or default_node_name(),
+                lease_ttl=settings.lease_ttl,
             )
         )
         handlers = MailmanHandlers(context=context, message_domain=settings.message_domain)
@@ -165,7 +167,12 @@ class Daemon:
             smtp_url=str(smtp),
             maildir=maildir,
         )
-        _log.info("mailman is running", socket=str(settings.socket), pid=os.getpid())
+        _log.info(
+            "mailman is running",
+            socket=str(settings.socket),
+            pid=os.getpid(),
+            node=context.settings.node_name,
+        )
         return self.running
 
     async def _migrate(self, database_url: str) -> None:
