@@ -36,7 +36,7 @@ class TestDefaults:
         assert settings.rate_limit == 100.0
         assert settings.max_attempts == 5
         assert settings.message_domain == "mailman.localhost"
-        assert settings.uncertain_policy is UncertainPolicy.RESEND
+        assert settings.uncertain_policy is None  # each letter's own policy is in force
         assert settings.max_letter_restarts == 5
         assert settings.node_name is None  # the daemon makes a unique one up at start
         assert settings.lease_ttl == 15.0

@@ -255,9 +255,12 @@ class Client:
         *,
         html_body: str | None = None,
         send_at: datetime | None = None,
+        uncertain_policy: str | None = None,
     ) -> dict[str, Any]:
         """Write a letter: a draft, or scheduled for ``send_at`` (timezone-aware).
-        Returns ``{"letter_id", "state"}``."""
+
+        ``uncertain_policy`` (``"resend"``, the default, or ``"hold"``) says what recovery does with
+        its messages in flight at a crash. Returns ``{"letter_id", "state"}``."""
         if send_at is not None and (send_at.tzinfo is None or send_at.utcoffset() is None):
             raise ValueError(
                 f"expected send_at with a timezone, got the naive {send_at.isoformat()}; "
@@ -269,6 +272,7 @@ class Client:
             text_body=text_body,
             html_body=html_body,
             send_at=None if send_at is None else send_at.isoformat(),
+            uncertain_policy=uncertain_policy,
         )
         return await self._call_for_dict("letter.create", params)
 

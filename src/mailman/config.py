@@ -164,7 +164,9 @@ class Settings(BaseSettings):
     - ``concurrency``: recipient tasks in flight per letter. ``rate_limit``: messages per second.
     - ``max_attempts``: SMTP attempts per recipient before it is dead-lettered.
     - ``message_domain``: the right-hand side of the Message-IDs the daemon makes.
-    - ``uncertain_policy``: what recovery does with messages that were in flight at a crash.
+    - ``uncertain_policy``: what recovery does with messages that were in flight at a crash, for
+      every letter; unset = each letter's own (``letter create --uncertain-policy``, ``resend``
+      unless it says ``hold``).
     - ``max_letter_restarts``: crashes of one letter's sender before the letter is failed.
     - ``node_name``: this daemon's name among those sharing the database; unset = one made up at
       start, unique (``<hostname>-<pid>-<random>``). ``lease_ttl``: seconds a letter's lease lasts
@@ -200,8 +202,8 @@ class Settings(BaseSettings):
     message_domain: Annotated[str, BeforeValidator(_hostname)] = Field(
         default="mailman.localhost", description="a hostname"
     )
-    uncertain_policy: Annotated[UncertainPolicy, BeforeValidator(_lower)] = Field(
-        default=UncertainPolicy.RESEND, description="'resend' or 'hold'"
+    uncertain_policy: Annotated[UncertainPolicy | None, BeforeValidator(_lower)] = Field(
+        default=None, description="'resend' or 'hold'"
     )
     max_letter_restarts: int = Field(default=5, ge=0, le=1000, description="an integer from 0 to 1000")
     node_name: Annotated[str | None, BeforeValidator(_node_name)] = Field(

@@ -56,6 +56,7 @@ class TestCreating:
             assert again == {"newsletter_id": newsletter_id, "added": 1, "existing": 1}
             draft = await client.letter_create(newsletter_id, "Issue 1", "Hello {{ name }}")
             scheduled = await client.letter_create(newsletter_id, "Issue 2", "Later", send_at=send_at)
+            held = await client.letter_create(newsletter_id, "Issue 3", "Once", uncertain_policy="hold")
             assert draft["state"] == "draft"
             assert scheduled["state"] == "scheduled"
             cancelled = await client.letter_cancel(scheduled["letter_id"])
@@ -67,10 +68,11 @@ class TestCreating:
             "b@example.com",
             "c@example.com",
         }
-        rows = await db.fetch("SELECT id, status, send_at FROM letters ORDER BY id")
-        assert [(row["id"], row["status"]) for row in rows] == [
-            (draft["letter_id"], "draft"),
-            (scheduled["letter_id"], "cancelled"),
+        rows = await db.fetch("SELECT id, status, send_at, uncertain_policy FROM letters ORDER BY id")
+        assert [(row["id"], row["status"], row["uncertain_policy"]) for row in rows] == [
+            (draft["letter_id"], "draft", "resend"),
+            (scheduled["letter_id"], "cancelled", "resend"),
+            (held["letter_id"], "draft", "hold"),
         ]
         assert rows[1]["send_at"] == send_at
 

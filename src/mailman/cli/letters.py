@@ -101,13 +101,19 @@ def format_status(status: Mapping[str, Any]) -> str:
 
 
 async def run_letter_create(invocation: Invocation) -> ExitCode:
-    """``mailman letter create NEWSLETTER_ID --subject S --text-file F [--html-file F] [--send-at ISO]``."""
+    """``mailman letter create NEWSLETTER_ID --subject S --text-file F [--html-file F] [--send-at ISO]
+    [--uncertain-policy resend|hold]``."""
     args = invocation.args
     text_body = read_text(Path(args.text_file), "the text file")
     html_body = None if args.html_file is None else read_text(Path(args.html_file), "the HTML file")
     async with invocation.client() as client:
         result = await client.letter_create(
-            args.newsletter_id, args.subject, text_body, html_body=html_body, send_at=args.send_at
+            args.newsletter_id,
+            args.subject,
+            text_body,
+            html_body=html_body,
+            send_at=args.send_at,
+            uncertain_policy=args.uncertain_policy,
         )
     invocation.output.result(result, str(result["letter_id"]))
     return ExitCode.OK

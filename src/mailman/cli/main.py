@@ -206,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     create_letter.add_argument(
         "--send-at", type=_send_at, metavar="ISO8601", help="schedule it, e.g. 2025-01-31T09:00:00+01:00"
     )
+    create_letter.add_argument(
+        "--uncertain-policy",
+        choices=("resend", "hold"),
+        help="after a crash, resend the messages that were in flight (default) or hold them as uncertain",
+    )
 
     send = commands.add(
         "send",

@@ -40,7 +40,7 @@ from mailman.services.errors import (
 )
 from mailman.services.mailer_server import Mailer
 from mailman.services.message import TemplateError
-from mailman.services.models import NewSubscriber
+from mailman.services.models import NewSubscriber, UncertainPolicy
 from mailman.services.queries import letters, newsletters, subscriptions
 from mailman.services.repo import Repo
 from mailman.services.scheduler import Scheduler
@@ -87,6 +87,7 @@ class MailmanHandlers:
             subject=params.subject,
             text_body=params.text_body,
             html_body=params.html_body,
+            uncertain_policy=UncertainPolicy(params.uncertain_policy),
         )
         state = letter.status.value
         if params.send_at is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from datetime import datetime
-from typing import Annotated, Any, Final, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -191,6 +191,8 @@ class LetterCreateParams(Params):
     text_body: Annotated[str, AfterValidator(_check_not_blank)]
     html_body: Annotated[str, Field(min_length=1)] | None = None
     send_at: IsoDatetime | None = None
+    uncertain_policy: Literal["resend", "hold"] = "resend"
+    """What recovery does with this letter's messages in flight at a crash: resend or hold."""
 
 
 class SystemTreeParams(Params):
