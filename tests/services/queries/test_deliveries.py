@@ -725,6 +725,19 @@ class TestRequeueUncertain:
         claims = await claim_deliveries(pool, letter.id, lease=lease, limit=5)
         assert sorted(claim.attempts for claim in claims) == [1, 1, 1, 2, 2]
 
+    async def test_requeued_rows_go_out_before_rows_nobody_tried(
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
+    ) -> None:
+        """A requeued row keeps its place (its next_attempt_at): resent at once, not after the rest
+        of the letter, where another crash could catch it in flight a second time."""
+        first = await claim_deliveries(pool, letter.id, lease=lease, limit=2)
+        await mark_sending_uncertain(pool, letter.id)
+        await requeue_uncertain(pool, letter.id)
+
+        again = await claim_deliveries(pool, letter.id, lease=lease, limit=2)
+
+        assert [claim.subscription_id for claim in again] == [claim.subscription_id for claim in first]
+
 
 class TestRecoverDeliveries:
     async def test_resend_policy_requeues_the_rows_in_flight(

@@ -259,11 +259,13 @@ WITH changed AS (
 SELECT count(*) FROM changed
 """
 
-# Attempts are kept: a resend after a crash counts against the same attempt budget.
+# Attempts are kept: a resend after a crash counts against the same attempt budget. So is
+# next_attempt_at (already past): the row keeps its place in the claim order and goes out before the
+# rows nobody has tried, rather than last, where a second crash could find it in flight again.
 REQUEUE_UNCERTAIN = """
 WITH changed AS (
     UPDATE deliveries
-    SET state = 'pending', next_attempt_at = now(), updated_at = now()
+    SET state = 'pending', updated_at = now()
     WHERE letter_id = $1 AND state = 'uncertain'
     RETURNING 1
 )
@@ -517,7 +519,7 @@ async def mark_sending_uncertain(executor: Executor, letter_id: int) -> int:
 
 @translate_errors
 async def requeue_uncertain(executor: Executor, letter_id: int) -> int:
-    """Make the letter's uncertain rows pending (due now, attempts kept); return how many."""
+    """Make the letter's uncertain rows pending (due at once, in their place); return how many."""
     count: int = await executor.fetchval(REQUEUE_UNCERTAIN, letter_id)
     return count
 
