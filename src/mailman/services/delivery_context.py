@@ -58,6 +58,11 @@ class DeliverySettings:
     node_name: str = field(default_factory=default_node_name)
     """This daemon's name among those sharing the database: the holder of its letters' leases.
     Two daemons running at once must never share one."""
+    incarnation: str = field(default_factory=lambda: secrets.token_hex(8))
+    """This run of the daemon (a new one at every start): what a letter's sender writes in
+    ``mail_order.running``, so that its successor can tell a crash of the sender in this same run
+    (counted against ``max_letter_restarts``) from the death of the whole daemon or node (not the
+    letter's fault: recovered, not counted)."""
     lease_ttl: float = 15.0
     """Seconds a letter's lease lasts unless renewed (it is renewed every third of that): how long
     other nodes wait before they take over the letters of a node that died."""

@@ -21,11 +21,14 @@ with the deliveries map persisted in Postgres rather than held in memory:
 - ``pause`` and ``cancel`` are deferred calls: the driver stops claiming, the tasks in flight
   finish, everything is flushed, then the caller gets its reply and the service stops ``normal``.
 
-Crash accounting: ``mail_order.running`` is set while a service runs and cleared when it stops for
-an expected reason. A service that finds it still set knows its predecessor crashed or was killed,
-and counts a restart in ``mail_order.restarts``; past ``max_letter_restarts`` the letter ends
-``failed`` with the reason. Each letter runs under its own :class:`LetterSupervisor`, so a letter
-that crash-loops never trips the dispatcher's restart intensity for the others.
+Crash accounting: ``mail_order.running`` holds the daemon run (``DeliverySettings.incarnation``)
+while a service runs, and is cleared when it stops for an expected reason. A service that finds it
+still set knows its predecessor crashed or was killed and recovers; if that predecessor ran in this
+same daemon run, the letter's sender crashed, and a restart is counted in ``mail_order.restarts``
+(past ``max_letter_restarts`` the letter ends ``failed`` with the reason). A predecessor of an
+earlier run, or of another node, died with its whole daemon: not the letter's fault, not counted.
+Each letter runs under its own :class:`LetterSupervisor`, so a letter that crash-loops never trips
+the dispatcher's restart intensity for the others.
 
 Several daemons on one database (guarantee 5): a letter is driven by the node that holds its
 *lease* (:class:`~mailman.services.models.LetterLease`, in the letter's row):
@@ -46,8 +49,8 @@ Several daemons on one database (guarantee 5): a letter is driven by the node th
   clears ``running``, so that another node may resume the letter at once. A crash keeps it: the
   LetterSupervisor restarts the service on this node, which takes its own lease again.
 - The node that takes over a letter whose holder died finds ``running`` set, since the dead node
-  did not stop cleanly: it counts a restart and recovers the rows left ``sending`` as after any
-  crash (uncertain, then resent with the same Message-ID or held, by the policy).
+  did not stop cleanly: it recovers the rows left ``sending`` as after any crash (uncertain, then
+  resent with the same Message-ID or held, by the policy), without counting a restart of the letter.
 
 Example::
 
@@ -273,7 +276,9 @@ class LetterDeliveryService(GenServer[_State]):
         # crash of an earlier one.
         async with _fenced(state) as connection:
             letter = await letters.update_mail_order(
-                connection, state.letter_id, {"running": True, "last_crash": None}
+                connection,
+                state.letter_id,
+                {"running": state.args.context.settings.incarnation, "last_crash": None},
             )
         newsletter = await newsletters.get_newsletter(pool, letter.newsletter_id)
         state.letter = letter
@@ -405,10 +410,11 @@ class LetterDeliveryService(GenServer[_State]):
             )
 
     async def _count_restart(self, state: _State, letter: Letter) -> bool:
-        """Count a restart if the last incarnation did not stop cleanly; False if too many."""
+        """Count a restart if the letter's last sender crashed in this daemon run; False if too many."""
         assert state.pool is not None
         order = letter.mail_order
-        restarts = int(order.get("restarts", 0)) + (1 if order.get("running") else 0)
+        crashed_here = order.get("running") == state.args.context.settings.incarnation
+        restarts = int(order.get("restarts", 0)) + (1 if crashed_here else 0)
         limit = state.args.context.settings.max_letter_restarts
         if restarts > limit:
             last = order.get("last_crash")
