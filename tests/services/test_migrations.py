@@ -173,7 +173,6 @@ class TestMigrate:
         assert sorted(m.version for m in first + second) == [version for version, _ in SHIPPED]
         assert len(await applied_migrations(connection)) == len(SHIPPED)
 
-
     async def test_the_lease_migration_applies_to_letters_written_before_it(
         self, connection: asyncpg.Connection[asyncpg.Record], tmp_path: Path
     ) -> None:
