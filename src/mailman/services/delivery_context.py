@@ -36,10 +36,16 @@ class DeliverySettings:
 
     concurrency: int = 50
     """Recipient tasks in flight per letter."""
-    claim_batch: int = 25
-    """Recipients claimed (pending -> sending) per query. Small: a kill leaves at most this many
-    claimed-but-not-yet-sent rows, which recovery must treat as uncertain."""
-    flush_size: int = 200
+    claim_batch: int = 50
+    """Recipients claimed (pending -> sending) per query.
+
+    A row stays ``sending`` from its claim until its outcome is flushed, so what a kill leaves
+    uncertain (resent, or held) is at most ``concurrency`` in flight + ``claim_batch`` claimed and
+    not started + the outcomes not yet flushed (``flush_size``, and the driver's batch of 32 on its
+    way to the service): 232 at these defaults. Fewer, larger claims and flushes cost Postgres
+    less per message (measured: claims of 50 and flushes of 100 about a fifth less than 25 and
+    200), which is why these two are balanced rather than each made as small as possible."""
+    flush_size: int = 100
     """Outcomes buffered before they are written to Postgres in one transaction."""
     flush_interval: float = 0.25
     """Seconds after which buffered outcomes are written anyway."""
