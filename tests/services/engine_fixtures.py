@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from typing import Any, Protocol
@@ -42,7 +42,7 @@ from mailman.services.models import Letter, LetterStatus, NewSubscriber, Uncerta
 from mailman.services.queries import letters, newsletters, subscriptions
 from mailman.services.retry_policy import RetryPolicy
 from mailman.services.scheduler import Scheduler, SchedulerArgs
-from mailman.supervisor import Pid, Supervisor, await_exit, is_alive
+from mailman.supervisor import EventName, Pid, Supervisor, attach, await_exit, detach, is_alive
 from tests.services.smtp_sink import Hold, ReceivedMessage, SmtpSink
 
 FAST_RETRY = RetryPolicy(max_attempts=5, base_delay=0.0, max_delay=0.0)
@@ -263,3 +263,21 @@ async def engine_factory(
 @pytest.fixture
 async def engine(engine_factory: EngineFactory) -> Engine:
     return await engine_factory()
+
+
+NO_FLUSH: Mapping[str, Any] = {"flush_size": 10_000, "flush_interval": 60.0}
+"""Settings under which a letter's service records no outcome before its driver ends: killed then,
+all it sent is in flight (accepted by the relay, unrecorded in Postgres)."""
+
+
+@pytest.fixture
+def restarts() -> Iterator[list[Pid]]:
+    """The pids of every child restarted by any supervisor during the test (supervisor events)."""
+    pids: list[Pid] = []
+
+    def record(_event: EventName, metadata: Mapping[str, Any]) -> None:
+        pids.append(metadata["pid"])
+
+    attach("tests-engine-restarts", ("supervisor", "child", "restarted"), record)
+    yield pids
+    detach("tests-engine-restarts")

@@ -13,7 +13,7 @@ set of messages is in flight.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from email import message_from_bytes
 from typing import Any
 
@@ -40,6 +40,7 @@ from mailman.supervisor import (
     whereis,
 )
 from tests.services.engine_fixtures import (
+    NO_FLUSH,
     Engine,
     EngineFactory,
     hold_replies,
@@ -50,26 +51,9 @@ from tests.services.engine_fixtures import (
 DOMAIN = "mailman.localhost"
 """The default DeliverySettings.message_domain: the right-hand side of every Message-ID."""
 
-NO_FLUSH: Mapping[str, Any] = {"flush_size": 10_000, "flush_interval": 60.0}
-"""Settings under which no outcome reaches Postgres before the driver ends: a kill then leaves every
-message accepted so far unrecorded, so that "in flight at the kill" is a large, known set."""
-
 
 def expected_message_id(letter_id: int, subscription_id: int) -> str:
     return message_id(letter_id, subscription_id, DOMAIN)
-
-
-@pytest.fixture
-def restarts() -> Iterator[list[Pid]]:
-    """The pids of every child restarted by any supervisor during the test (supervisor events)."""
-    pids: list[Pid] = []
-
-    def record(_event: EventName, metadata: Mapping[str, Any]) -> None:
-        pids.append(metadata["pid"])
-
-    attach("test-letter-delivery-restarts", ("supervisor", "child", "restarted"), record)
-    yield pids
-    detach("test-letter-delivery-restarts")
 
 
 class TestCleanRun:

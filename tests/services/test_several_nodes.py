@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -32,19 +31,17 @@ from mailman.supervisor import (
     NORMAL,
     ChildNotFoundError,
     DynamicSupervisor,
-    EventName,
     GenServer,
     Pid,
     Registry,
     Restart,
     Supervisor,
-    attach,
     await_exit,
-    detach,
     exit,
     whereis,
 )
 from tests.services.engine_fixtures import (
+    NO_FLUSH,
     POOL_SIZE,
     Engine,
     EngineFactory,
@@ -58,8 +55,6 @@ TTL = 1.0
 """Seconds a lease lasts unless renewed (renewed every third of that)."""
 POLL = 0.05
 """Seconds between two ticks of a node's Scheduler (the daemon's default is 1)."""
-NO_FLUSH: Mapping[str, Any] = {"flush_size": 10_000, "flush_interval": 60.0}
-"""A node that records no outcome before its driver ends: killed, all it sent is in flight."""
 DOMAIN = "mailman.localhost"
 
 
@@ -72,19 +67,6 @@ async def start_nodes(engine_factory: EngineFactory, **a_settings: Any) -> tuple
 
 def node_name(node: Engine) -> str:
     return node.context.settings.node_name
-
-
-@pytest.fixture
-def restarts() -> Iterator[list[Pid]]:
-    """The pids of every child restarted by any supervisor during the test."""
-    pids: list[Pid] = []
-
-    def record(_event: EventName, metadata: Mapping[str, Any]) -> None:
-        pids.append(metadata["pid"])
-
-    attach("test-several-nodes-restarts", ("supervisor", "child", "restarted"), record)
-    yield pids
-    detach("test-several-nodes-restarts")
 
 
 async def kill_node(node: Engine) -> None:
