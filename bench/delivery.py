@@ -4,8 +4,9 @@ Run with ``make bench`` (or ``python bench/delivery.py [--quick]``). It starts a
 (``pgserver``, in a fresh temporary directory, migrated) and an SMTP sink in another process (a
 minimal aiosmtpd server on 127.0.0.1 that counts what it accepts and throws it away), then measures:
 
-- the bare limit: 16 aiosmtplib connections sending pre-built messages as fast as the sink takes
-  them, with no database and no supervision, each connection replaced every 50 messages as the
+- the bare limit: 16 aiosmtplib connections sending the same messages as the engine run beside it
+  (as many: 10,000 or 100,000, built beforehand) as fast as the sink takes them, with no database
+  and no supervision, each connection replaced every 50 messages as the
   engine's pool does by default (the same SMTP conversation), messages per second;
 - the engine: the :class:`~mailman.services.application.Application` tree (Repo, Registry, Mailer
   with a pool of 16 connections, TaskSupervisor, dispatcher), at its default ``DeliverySettings``,
@@ -492,7 +493,6 @@ def main(quick: bool, profile: str | None, rounds: int) -> None:
     audiences = (2_000, 10_000) if quick else (10_000, 100_000)
     if profile:
         audiences, rounds = audiences[:1], 1
-    bare_count = 5_000 if quick else 20_000
     load = os.getloadavg()[0]
     pgdata = tempfile.mkdtemp(prefix="mailman-bench-pg-")
     server = start_postgres(pgdata)
@@ -502,13 +502,16 @@ def main(quick: bool, profile: str | None, rounds: int) -> None:
         uri = server.get_uri("bench")
         postmaster = int(Path(pgdata, "postmaster.pid").read_text().split()[0])
         asyncio.run(create_database(server.get_uri(), uri))
-        messages = prebuilt_messages(bare_count)
+        # The bare pool sends the messages of the same audience: as many, as long a run (the rates
+        # of this machine drift over tens of seconds; a short bare run beside a long engine run
+        # would compare two different machines).
+        messages = prebuilt_messages(max(audiences))
         letters = itertools.count(1)
         for audience in audiences:
             paired = PairedRounds(audience, [])
             for _ in range(rounds):
                 # The bare limit right before each engine run, so that both see the same machine.
-                bare = measure_bare(sink, messages)
+                bare = measure_bare(sink, messages[:audience])
                 engine = measure_engine(uri, sink, postmaster, audience, run=next(letters), profile=profile)
                 paired.rounds.append((bare, engine))
             measured.append(paired)
@@ -533,7 +536,7 @@ def main(quick: bool, profile: str | None, rounds: int) -> None:
                 f"{_ms(paired.median(lambda b, _: b.cpu_bench))} | "
                 f"{_ms(paired.median(lambda b, _: b.cpu_sink))} | -",
                 "",
-                f"{bare_count:,} each",
+                f"{paired.audience:,} each",
             )
         )
         ratios = paired.ratios
@@ -563,7 +566,7 @@ def main(quick: bool, profile: str | None, rounds: int) -> None:
     print(
         f"mailman delivery benchmark ({'quick' if quick else 'full'}; {os.cpu_count()} CPUs, load {load:.1f} "
         f"at start; sink: aiosmtpd in another process; Postgres: embedded, fsync off; "
-        f"medians of {rounds} paired rounds: bare {bare_count:,} messages, then the engine)"
+        f"medians of {rounds} paired rounds: the bare pool, then the engine, the same messages)"
     )
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
