@@ -166,30 +166,7 @@ WHERE letter_id = $1 AND state = 'pending'
 # non-key update, and would let this claim go on with the lease its snapshot saw; FOR SHARE waits
 # for the takeover to commit and then re-checks the letter's newest row version. Share locks do not
 # conflict with each other nor with the foreign-key checks of a flush, so claims never queue.
-CLAIM = """
-WITH lease AS MATERIALIZED (
-    SELECT FROM letters
-    WHERE id = $1 AND owner_token = $3 AND lease_expires_at > now() AND status = 'sending'
-    FOR SHARE
-), claimable AS MATERIALIZED (
-    SELECT ctid, subscription_id
-    FROM deliveries
-    WHERE letter_id = $1 AND state = 'pending' AND next_attempt_at <= now() AND EXISTS (SELECT FROM lease)
-    ORDER BY next_attempt_at, subscription_id
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE deliveries AS d
-SET state = 'sending',
-    attempts = d.attempts + 1,
-    lease_token = nextval('delivery_lease_token'),
-    updated_at = now()
-FROM claimable
-WHERE d.ctid = claimable.ctid AND d.letter_id = $1 AND d.subscription_id = claimable.subscription_id
-RETURNING d.subscription_id, d.attempts, d.lease_token
-"""
-
-# The same claim, joined with what sending needs of each subscription: one round trip per batch.
+# The claim, joined with what sending needs of each subscription: one round trip per batch.
 CLAIM_RECIPIENTS = """
 WITH lease AS MATERIALIZED (
     SELECT FROM letters
@@ -398,7 +375,6 @@ async def next_due_in(executor: Executor, letter_id: int) -> float | None:
     return seconds
 
 
-@translate_errors
 async def claim_deliveries(
     executor: Executor, letter_id: int, *, lease: LetterLease, limit: int
 ) -> list[ClaimedDelivery]:
@@ -411,25 +387,16 @@ async def claim_deliveries(
     Only the holder of the letter's live ``lease`` claims, and only while the letter is sending:
     otherwise :class:`ClaimRefusedError`, with nothing claimed. An empty list means nothing is due.
     """
-    _check_claim(letter_id, lease, limit)
-    rows = await executor.fetch(CLAIM, letter_id, limit, lease.token)
-    if not rows:
-        await _check_fence(executor, lease)
-    claims = [
-        ClaimedDelivery(
-            subscription_id=row["subscription_id"], attempts=row["attempts"], lease_token=row["lease_token"]
-        )
-        for row in rows
-    ]
-    claims.sort(key=lambda claim: claim.subscription_id)
-    return claims
+    recipients = await claim_recipients(executor, letter_id, lease=lease, limit=limit)
+    return [recipient.claim for recipient in recipients]
 
 
 @translate_errors
 async def claim_recipients(
     executor: Executor, letter_id: int, *, lease: LetterLease, limit: int
 ) -> list[ClaimedRecipient]:
-    """Claim like :func:`claim_deliveries`, returning each claim with its subscription's details.
+    """Claim like :func:`claim_deliveries`, returning each claim with its subscription's details,
+    by subscription id.
 
     The subscription's email, name, current status and unsubscribe token come from the same
     statement, so a batch of recipient tasks starts after one round trip. Fenced by ``lease`` in
