@@ -8,9 +8,6 @@ compared header by header (decoded values) and body by body (decoded content).
 from __future__ import annotations
 
 import re
-import string
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from email.header import decode_header, make_header
 from email.headerregistry import Address
@@ -472,31 +469,3 @@ class TestNormalizeDisplayName:
     def test_cleans(self, name: str | None, expected: str) -> None:
         """Control characters and separators become spaces; whitespace collapses; length is capped."""
         assert normalize_display_name(name) == expected
-
-
-# ---------------------------------------------------------------- speed
-
-
-class TestSpeed:
-    def test_personalize_is_at_least_five_times_faster_than_email_message(self) -> None:
-        """The point of the template: per recipient it costs a fraction of building the message."""
-        letter = {
-            "text_body": "Hello {{ name }},\n\n" + (string.ascii_letters + " news, ünïcode.\n") * 60,
-            "html_body": "<p>Hello {{ name }},</p>\n" + ("<p>" + string.ascii_letters + " news</p>\n") * 60,
-            "subject": "Ünïcode subject",
-        }
-        template = render(**letter)
-        fast = best_time(lambda: personalize(template, name="Zoë"), 200)
-        slow = best_time(lambda: reference(letter, {"name": "Zoë"}, template), 20)
-        assert slow / fast >= 5, f"personalize {fast * 1e6:.0f} us vs EmailMessage {slow * 1e6:.0f} us"
-
-
-def best_time(function: Callable[[], object], repeat: int) -> float:
-    """The best of five runs of ``repeat`` calls, in CPU seconds per call."""
-    best = float("inf")
-    for _ in range(5):
-        start = time.process_time()
-        for _ in range(repeat):
-            function()
-        best = min(best, (time.process_time() - start) / repeat)
-    return best
