@@ -24,7 +24,7 @@ from mailman.services.mailer import (
     SmtpUrlError,
     parse_smtp_url,
 )
-from mailman.services.mailer_server import Mailer, MailerConfig, MailerSettings
+from mailman.services.mailer_server import MAX_POOL_SIZE, Mailer, MailerConfig, MailerSettings, pool_size_for
 from mailman.services.rate_limit import TokenBucket
 from mailman.services.smtp_outcome import Delivered, Permanent, SmtpPhase, Transient, TransportFault
 
@@ -817,3 +817,14 @@ class TestMailer:
         assert smtp_sink.commands == [(1, "QUIT")]
         with pytest.raises(PoolClosedError):
             await send(pool)
+
+
+class TestPoolSizeFor:
+    def test_one_connection_per_task_in_flight(self) -> None:
+        """Up to the cap, the daemon opens as many connections as recipient tasks run at once."""
+        assert [pool_size_for(n) for n in (1, 16, 50, MAX_POOL_SIZE)] == [1, 16, 50, MAX_POOL_SIZE]
+
+    def test_never_more_than_the_cap(self) -> None:
+        """A concurrency of hundreds still opens at most MAX_POOL_SIZE connections to the relay."""
+        assert MAX_POOL_SIZE == 64
+        assert [pool_size_for(n) for n in (MAX_POOL_SIZE + 1, 1000)] == [64, 64]

@@ -42,7 +42,7 @@ from mailman.services.application import Application, ApplicationConfig
 from mailman.services.delivery_context import DeliveryContext, DeliverySettings, default_node_name
 from mailman.services.errors import MailmanError
 from mailman.services.mailer import SmtpUrl
-from mailman.services.mailer_server import MailerConfig
+from mailman.services.mailer_server import MailerConfig, pool_size_for
 from mailman.services.migrations import migrate, pending_migrations
 from mailman.services.retry_policy import RetryPolicy
 from mailman.services.scheduler import Scheduler, SchedulerArgs
@@ -142,7 +142,9 @@ class Daemon:
         settings.socket.parent.mkdir(parents=True, exist_ok=True)
         config = ApplicationConfig(
             database_url=database_url,
-            mailer=MailerConfig(url=smtp, pool_size=min(settings.concurrency, 64), rate=settings.rate_limit),
+            mailer=MailerConfig(
+                url=smtp, pool_size=pool_size_for(settings.concurrency), rate=settings.rate_limit
+            ),
             context=context,
             extra_children=[
                 Scheduler.child_spec(

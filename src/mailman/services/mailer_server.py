@@ -41,7 +41,23 @@ from mailman.services.mailer import (
 from mailman.services.rate_limit import Sleep, TokenBucket
 from mailman.supervisor import Clock, ExitReason, From, GenServer, Init, Reply, ServerRef, trap_exit
 
-__all__ = ["Mailer", "MailerConfig", "MailerSettings"]
+__all__ = ["MAX_POOL_SIZE", "Mailer", "MailerConfig", "MailerSettings", "pool_size_for"]
+
+MAX_POOL_SIZE = 64
+"""The most SMTP connections the daemon opens to its relay, whatever its concurrency."""
+
+
+def pool_size_for(concurrency: int) -> int:
+    """The SMTP pool the daemon opens for recipient tasks running ``concurrency`` at a time.
+
+    One connection per task in flight, so that a task never waits for a connection another letter's
+    task holds idle, and at most :data:`MAX_POOL_SIZE`, which relays tolerate from one client.
+    ``mailman serve`` sizes its pool with it, and ``bench/delivery.py`` measures the engine so.
+
+    >>> pool_size_for(50), pool_size_for(500)
+    (50, 64)
+    """
+    return min(concurrency, MAX_POOL_SIZE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
