@@ -82,7 +82,7 @@ from mailman.services.models import (
     LetterStatus,
     UncertainPolicy,
 )
-from mailman.services.queries import deliveries, letters, newsletter_emails, newsletters, subscriptions
+from mailman.services.queries import deliveries, letters, newsletters, subscriptions
 from mailman.services.recipient_task import RecipientTask
 from mailman.services.repo import Repo
 from mailman.services.retry_policy import RecipientVerdict
@@ -466,23 +466,19 @@ class LetterDeliveryService(GenServer[_State]):
         if not state.buffer or state.pool is None:
             return
         batch, state.buffer = state.buffer, []
-        async with transaction(state.pool) as connection:
-            applied = await deliveries.ack_deliveries(
-                connection, state.letter_id, [verdict.outcome for verdict in batch]
-            )
-            emails = [
-                v.sent_email
-                for v in batch
-                if v.sent_email is not None and v.outcome.subscription_id in applied
-            ]
-            if emails:
-                await newsletter_emails.record_sent_emails(connection, state.letter_id, emails)
-            for verdict in batch:
-                if verdict.bounce_reason is not None and verdict.outcome.subscription_id in applied:
-                    await subscriptions.mark_bounced(
-                        connection, verdict.outcome.subscription_id, verdict.bounce_reason
-                    )
-        state.sent += len(emails)
+        outcomes = [verdict.outcome for verdict in batch]
+        sent = [verdict.sent_email for verdict in batch if verdict.sent_email is not None]
+        bounced = [(v.outcome.subscription_id, v.bounce_reason) for v in batch if v.bounce_reason is not None]
+        if not bounced:
+            # The common case: the outcomes and the emails sent, in one statement (one round trip).
+            applied = await deliveries.ack_deliveries(state.pool, state.letter_id, outcomes, sent)
+        else:
+            async with transaction(state.pool) as connection:
+                applied = await deliveries.ack_deliveries(connection, state.letter_id, outcomes, sent)
+                for subscription_id, reason in bounced:
+                    if subscription_id in applied:
+                        await subscriptions.mark_bounced(connection, subscription_id, reason)
+        state.sent += sum(1 for email in sent if email.subscription_id in applied)
         if len(applied) != len(batch):
             _log.warning("outcomes fenced out", letter_id=state.letter_id, dropped=len(batch) - len(applied))
 

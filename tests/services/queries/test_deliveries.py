@@ -22,6 +22,7 @@ from mailman.services.models import (
     LetterStatus,
     Newsletter,
     Recovery,
+    SentEmail,
     SubscriptionStatus,
     UncertainPolicy,
 )
@@ -50,6 +51,7 @@ from mailman.services.queries.letters import (
     schedule_letter,
     set_letter_status,
 )
+from mailman.services.queries.newsletter_emails import get_sent_email, list_sent_emails
 from mailman.services.queries.subscriptions import get_subscription, set_subscription_status
 from tests.services.engine_fixtures import eventually
 
@@ -696,6 +698,98 @@ class TestAckDeliveries:
             await ack_deliveries(
                 pool, letter.id, [DeliveryOutcome.delivered(claim), DeliveryOutcome.failed(claim, "x")]
             )
+
+
+class TestAckDeliveriesWithSentEmails:
+    """The messages the relay accepted are recorded by the acknowledgement, in the same statement."""
+
+    async def test_records_an_email_for_each_applied_outcome_that_has_one(
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
+    ) -> None:
+        """Delivered recipients get their NewsletterEmail row; a failed one, sent nothing, gets none."""
+        a, b, c = await claim_deliveries(pool, letter.id, lease=lease, limit=3)
+
+        applied = await ack_deliveries(
+            pool,
+            letter.id,
+            [DeliveryOutcome.delivered(a), DeliveryOutcome.failed(b, "550 no"), DeliveryOutcome.delivered(c)],
+            [
+                SentEmail(subscription_id=c.subscription_id, message_id="<c@x>", smtp_reply="250 queued C"),
+                SentEmail(subscription_id=a.subscription_id, message_id="<a@x>", smtp_reply="250 queued A"),
+            ],
+        )
+
+        assert applied == {a.subscription_id, b.subscription_id, c.subscription_id}
+        emails = await list_sent_emails(pool, letter.id)
+        assert [(e.subscription_id, e.message_id, e.smtp_reply) for e in emails] == [
+            (a.subscription_id, "<a@x>", "250 queued A"),
+            (c.subscription_id, "<c@x>", "250 queued C"),
+        ]
+
+    async def test_a_fenced_out_outcome_records_no_email(
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
+    ) -> None:
+        """An outcome whose claim is stale changes nothing, its email included."""
+        a, b = await claim_deliveries(pool, letter.id, lease=lease, limit=2)
+        forged = ClaimedDelivery(subscription_id=b.subscription_id, attempts=1, lease_token=b.lease_token + 1)
+
+        applied = await ack_deliveries(
+            pool,
+            letter.id,
+            [DeliveryOutcome.delivered(a), DeliveryOutcome.delivered(forged)],
+            [
+                SentEmail(subscription_id=a.subscription_id, message_id="<a@x>"),
+                SentEmail(subscription_id=b.subscription_id, message_id="<b@x>"),
+            ],
+        )
+
+        assert applied == {a.subscription_id}
+        assert [e.subscription_id for e in await list_sent_emails(pool, letter.id)] == [a.subscription_id]
+        with pytest.raises(NotFoundError):
+            await get_sent_email(pool, letter.id, b.subscription_id)
+
+    async def test_a_resend_keeps_the_first_row(
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int]
+    ) -> None:
+        """A recipient mailed again after a crash keeps the row of the first message accepted."""
+        [first] = await claim_deliveries(pool, letter.id, lease=lease, limit=1)
+        await ack_deliveries(
+            pool,
+            letter.id,
+            [DeliveryOutcome.retry(first, "lost reply", timedelta(0))],
+            [SentEmail(subscription_id=first.subscription_id, message_id="<m@x>", smtp_reply="250 first")],
+        )
+        [again, *_] = await claim_deliveries(pool, letter.id, lease=lease, limit=5)
+        assert again.subscription_id == first.subscription_id
+
+        applied = await ack_deliveries(
+            pool,
+            letter.id,
+            [DeliveryOutcome.delivered(again)],
+            [SentEmail(subscription_id=again.subscription_id, message_id="<m@x>", smtp_reply="250 second")],
+        )
+
+        assert applied == {again.subscription_id}
+        email = await get_sent_email(pool, letter.id, again.subscription_id)
+        assert (email.message_id, email.smtp_reply) == ("<m@x>", "250 first")
+        assert len(await list_sent_emails(pool, letter.id)) == 1
+
+    @pytest.mark.parametrize("duplicate", [False, True], ids=["without-outcome", "twice"])
+    async def test_rejects_an_email_that_does_not_match_one_outcome(
+        self, pool: Pool, lease: LetterLease, letter: Letter, audience: list[int], duplicate: bool
+    ) -> None:
+        """Each email belongs to exactly one outcome of the batch; anything else is refused unsent."""
+        a, b = await claim_deliveries(pool, letter.id, lease=lease, limit=2)
+        emails = [SentEmail(subscription_id=a.subscription_id, message_id="<a@x>")]
+        emails.append(
+            emails[0] if duplicate else SentEmail(subscription_id=b.subscription_id, message_id="<b@x>")
+        )
+
+        with pytest.raises(ValueError, match="at most one sent email per subscription"):
+            await ack_deliveries(pool, letter.id, [DeliveryOutcome.delivered(a)], emails)
+
+        assert (await get_delivery(pool, letter.id, a.subscription_id)).state is DeliveryState.SENDING
+        assert await list_sent_emails(pool, letter.id) == []
 
 
 class TestMarkSendingUncertain:

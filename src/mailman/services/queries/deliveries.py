@@ -44,9 +44,11 @@ from mailman.services.models import (
     LetterLease,
     LetterStatus,
     Recovery,
+    SentEmail,
     SubscriptionStatus,
     UncertainPolicy,
 )
+from mailman.services.queries import newsletter_emails
 
 __all__ = [
     "ack_deliveries",
@@ -205,24 +207,38 @@ WHERE id = $1
 
 # Fenced: a row is updated only while it is still sending under the token of the claim being
 # acknowledged. Arrays keep the statement's shape fixed whatever the batch size (one prepared plan).
-ACK = """
-UPDATE deliveries AS d
-SET state = outcome.state,
-    attempts = CASE WHEN outcome.refund_attempt THEN d.attempts - 1 ELSE d.attempts END,
-    last_error = outcome.last_error,
-    lease_token = NULL,
-    next_attempt_at = CASE
-        WHEN outcome.state = 'pending' THEN now() + outcome.retry_after
-        ELSE d.next_attempt_at
-    END,
-    updated_at = now()
-FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::interval[], $7::boolean[])
-    AS outcome(subscription_id, lease_token, state, last_error, retry_after, refund_attempt)
-WHERE d.letter_id = $1
-  AND d.subscription_id = outcome.subscription_id
-  AND d.state = 'sending'
-  AND d.lease_token = outcome.lease_token
-RETURNING d.subscription_id
+# The messages the relay accepted ($8, $9: a Message-ID, or null for an outcome without a message)
+# are recorded in the same statement, for the rows actually updated only: one round trip and one
+# implicit transaction per batch instead of BEGIN, two statements and COMMIT.
+_RECORD_ACCEPTED = newsletter_emails.insert_sent_emails_from(
+    "acked AS sent WHERE sent.message_id IS NOT NULL"
+)
+ACK = f"""
+WITH acked AS (
+    UPDATE deliveries AS d
+    SET state = outcome.state,
+        attempts = CASE WHEN outcome.refund_attempt THEN d.attempts - 1 ELSE d.attempts END,
+        last_error = outcome.last_error,
+        lease_token = NULL,
+        next_attempt_at = CASE
+            WHEN outcome.state = 'pending' THEN now() + outcome.retry_after
+            ELSE d.next_attempt_at
+        END,
+        updated_at = now()
+    FROM unnest(
+        $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::interval[], $7::boolean[],
+        $8::text[], $9::text[]
+    ) AS outcome(
+        subscription_id, lease_token, state, last_error, retry_after, refund_attempt,
+        message_id, smtp_reply
+    )
+    WHERE d.letter_id = $1
+      AND d.subscription_id = outcome.subscription_id
+      AND d.state = 'sending'
+      AND d.lease_token = outcome.lease_token
+    RETURNING d.subscription_id, outcome.message_id, outcome.smtp_reply
+), recorded AS ({_RECORD_ACCEPTED})
+SELECT subscription_id FROM acked
 """
 
 # --- Recovery and retries ------------------------------------------------------------------------
@@ -447,19 +463,36 @@ async def _check_fence(executor: Executor, lease: LetterLease) -> None:
 
 
 @translate_errors
-async def ack_deliveries(executor: Executor, letter_id: int, outcomes: Sequence[DeliveryOutcome]) -> set[int]:
+async def ack_deliveries(
+    executor: Executor,
+    letter_id: int,
+    outcomes: Sequence[DeliveryOutcome],
+    sent_emails: Sequence[SentEmail] = (),
+) -> set[int]:
     """Record a batch of outcomes in one statement; return the subscription ids actually updated.
 
     An outcome is applied only if its row is still sending under the same lease token; one whose
     claim was recovered or re-claimed meanwhile is ignored (compare the result with what was sent).
     A retry (state pending) becomes due ``retry_after`` from now, and a release also gives its
     attempt back; lease tokens are cleared.
+
+    ``sent_emails`` are the messages the relay accepted for some of these outcomes (at most one per
+    outcome's subscription): each is recorded as a NewsletterEmail row, in the same statement, if
+    its outcome is applied, and kept as it was if the recipient already has one (a resend).
     """
     if not outcomes:
         return set()
     ids = [outcome.subscription_id for outcome in outcomes]
     if len(set(ids)) != len(ids):
         raise ValueError(f"expected at most one outcome per subscription in a batch, got {sorted(ids)}")
+    sent = {email.subscription_id: email for email in sent_emails}
+    if len(sent) != len(sent_emails) or not sent.keys() <= set(ids):
+        raise ValueError(
+            "expected at most one sent email per subscription, each with an outcome in the batch, "
+            f"got emails for {sorted(email.subscription_id for email in sent_emails)} "
+            f"and outcomes for {sorted(ids)}"
+        )
+    emails = [sent.get(subscription_id) for subscription_id in ids]
     rows = await executor.fetch(
         ACK,
         letter_id,
@@ -469,6 +502,8 @@ async def ack_deliveries(executor: Executor, letter_id: int, outcomes: Sequence[
         [outcome.last_error for outcome in outcomes],
         [outcome.retry_after for outcome in outcomes],
         [outcome.refund_attempt for outcome in outcomes],
+        [None if email is None else email.message_id for email in emails],
+        [None if email is None else email.smtp_reply for email in emails],
     )
     return {row["subscription_id"] for row in rows}
 

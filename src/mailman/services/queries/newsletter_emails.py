@@ -10,17 +10,33 @@ from mailman.services.database import Executor, translate_errors
 from mailman.services.errors import NotFoundError
 from mailman.services.models import NewsletterEmail, SentEmail
 
-__all__ = ["get_sent_email", "list_sent_emails", "record_sent_emails"]
+__all__ = ["get_sent_email", "insert_sent_emails_from", "list_sent_emails", "record_sent_emails"]
 
-# A resend after a crash reuses the Message-ID; recording it again keeps the first row.
-INSERT_SENT_EMAILS = """
-WITH inserted AS (
+
+def insert_sent_emails_from(source: str) -> str:
+    """The INSERT of sent emails of letter ``$1`` from ``source``, a FROM item named ``sent``.
+
+    ``sent`` has the columns ``subscription_id``, ``message_id`` and ``smtp_reply``. A resend after
+    a crash reuses the Message-ID; recording it again keeps the first row. The statement returns one
+    row per email inserted. Written once here, and used by :func:`record_sent_emails` and by the
+    deliveries' acknowledgement, which records the emails of the outcomes it applies in the same
+    statement (:func:`mailman.services.queries.deliveries.ack_deliveries`).
+    """
+    return f"""
     INSERT INTO newsletter_emails (letter_id, subscription_id, message_id, smtp_reply)
     SELECT $1::bigint, sent.subscription_id, sent.message_id, sent.smtp_reply
-    FROM unnest($2::bigint[], $3::text[], $4::text[]) AS sent(subscription_id, message_id, smtp_reply)
+    FROM {source}
     ON CONFLICT (letter_id, subscription_id) DO NOTHING
     RETURNING 1
-)
+    """
+
+
+INSERT_SENT_EMAILS = f"""
+WITH inserted AS ({
+    insert_sent_emails_from(
+        "unnest($2::bigint[], $3::text[], $4::text[]) AS sent(subscription_id, message_id, smtp_reply)"
+    )
+})
 SELECT count(*) FROM inserted
 """
 
