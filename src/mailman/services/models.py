@@ -369,7 +369,7 @@ class Recovery:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SentEmail:
-    """A message accepted by SMTP, to be recorded (input of ``record_sent_emails``)."""
+    """A message accepted by SMTP, to be recorded with its outcome (``ack_deliveries``)."""
 
     subscription_id: int
     message_id: str
