@@ -13,8 +13,9 @@ The life of a row::
     retry_failed      :   failed    -> pending    (attempts reset: a person asked for it)
 
 Claims commit at once and the sending happens outside any transaction; acks are batched into one
-``UPDATE ... FROM unnest(...)`` per batch, which also records the messages the relay accepted. The fencing token means an ack from a task whose claim
-was rescued meanwhile (a zombie) changes nothing, and the caller learns which acks were applied.
+``UPDATE ... FROM unnest(...)`` per batch, which also records the messages the relay accepted.
+The fencing token means an ack from a task whose claim was rescued meanwhile (a zombie) changes
+nothing, and the caller learns which acks were applied.
 See the composite recipe (c.6) of the job-queues reference.
 
 Claims are fenced per letter too: a claim presents the node's
