@@ -222,6 +222,8 @@ class TestSystem:
             }
             assert await client.system_configure(concurrency=9) == {"rate_limit": 50.5, "concurrency": 9}
             assert await client.system_configure(rate_limit=20.0) == {"rate_limit": 20.0, "concurrency": 9}
+            # As at start, the pool opens at most 64 connections to the relay, whatever is asked.
+            assert await client.system_configure(concurrency=1000) == {"rate_limit": 20.0, "concurrency": 64}
             await daemon.wait_for_event("letter sent", letter_id=letter_id)
 
 

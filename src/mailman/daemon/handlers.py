@@ -38,7 +38,7 @@ from mailman.services.errors import (
     LetterLeasedError,
     NotFoundError,
 )
-from mailman.services.mailer_server import Mailer
+from mailman.services.mailer_server import Mailer, pool_size_for
 from mailman.services.message import TemplateError
 from mailman.services.models import NewSubscriber, UncertainPolicy
 from mailman.services.queries import letters, newsletters, subscriptions
@@ -148,9 +148,8 @@ class MailmanHandlers:
         return {"status": status, "checks": checks}
 
     async def system_configure(self, params: SystemConfigureParams) -> Result:
-        settings = await Mailer.configure(
-            self.context.mailer, rate=params.rate_limit, pool_size=params.concurrency
-        )
+        pool_size = None if params.concurrency is None else pool_size_for(params.concurrency)
+        settings = await Mailer.configure(self.context.mailer, rate=params.rate_limit, pool_size=pool_size)
         rate = None if settings.rate == float("inf") else settings.rate
         return {"rate_limit": rate, "concurrency": settings.pool_size}
 

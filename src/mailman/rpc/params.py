@@ -206,7 +206,9 @@ class SystemHealthParams(Params):
 class SystemConfigureParams(Params):
     """``system.configure``: change the sending rate (messages per second) and/or concurrency.
 
-    At least one of the two must be given; a field left out keeps its current value.
+    At least one of the two must be given; a field left out keeps its current value. The
+    concurrency sizes the SMTP pool live, as ``mailman serve`` does at start: one connection per
+    task in flight, at most 64 (the answer says what is in effect).
     """
 
     rate_limit: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
