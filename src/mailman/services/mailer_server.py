@@ -50,8 +50,9 @@ MAX_POOL_SIZE = 64
 def pool_size_for(concurrency: int) -> int:
     """The SMTP pool the daemon opens for recipient tasks running ``concurrency`` at a time.
 
-    One connection per task in flight, so that a task never waits for a connection another letter's
-    task holds idle, and at most :data:`MAX_POOL_SIZE`, which relays tolerate from one client.
+    One connection per task a letter has in flight, so that a letter sending alone never has a task
+    waiting for a connection (several letters share the pool in fair turns), and at most
+    :data:`MAX_POOL_SIZE`, which relays tolerate from one client.
     ``mailman serve`` sizes its pool with it, and ``bench/delivery.py`` measures the engine so.
 
     >>> pool_size_for(50), pool_size_for(500)
