@@ -18,7 +18,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench && $(BIN)/mypy --strict src
 
 bench: $(STAMP)
-	$(BIN)/python bench/supervisor.py && $(BIN)/python bench/delivery.py
+	$(BIN)/python bench/supervisor.py && $(BIN)/python bench/delivery.py && $(BIN)/python bench/subscribers_import.py
 
 chaos: $(STAMP)
 	$(BIN)/python bench/chaos.py $(ARGS)

@@ -206,8 +206,8 @@ class TestLargeLists:
     async def test_100_000_rows_are_imported_in_one_go(
         self, cli: RunCli, connection: Connection, newsletter_id: int, tmp_path: Path
     ) -> None:
-        """A list of 100,000 subscribers is read, checked and imported whole (its speed is for a
-        benchmark, not a test, to judge)."""
+        """A list of 100,000 subscribers is read, checked and imported whole (its speed is judged by
+        a benchmark, bench/subscribers_import.py, not by a test)."""
         rows = "".join(f"reader{i}@example.com,Reader {i}\n" for i in range(100_000))
         path = write(tmp_path, "email,name\n" + rows)
         result = await cli("subscribers", "import", str(newsletter_id), str(path), "--json")
