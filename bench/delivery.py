@@ -4,11 +4,10 @@ Run with ``make bench`` (or ``python bench/delivery.py [--quick]``). It starts a
 (``pgserver``, in a fresh temporary directory, migrated) and an SMTP sink in another process (a
 minimal aiosmtpd server on 127.0.0.1 that counts what it accepts and throws it away), then measures:
 
-- the bare limit: as many aiosmtplib connections as the engine's pool (50) sending the same messages
-  as the engine run beside it
-  (as many: 10,000 or 100,000, built beforehand) as fast as the sink takes them, with no database
-  and no supervision, each connection replaced every 50 messages as the
-  engine's pool does by default (the same SMTP conversation), messages per second;
+- the bare limit: as many aiosmtplib connections as the engine's pool (50) sending the same
+  messages as the engine run beside it (as many: 10,000 or 100,000, built beforehand) as fast as
+  the sink takes them, with no database and no supervision, each connection replaced every 50
+  messages as the engine's pool does by default (the same SMTP conversation), messages per second;
 - the engine: the :class:`~mailman.services.application.Application` tree (Repo, Registry, Mailer
   with the pool ``mailman serve`` opens: one connection per task in flight, 50 at the default
   concurrency, see ``pool_size_for``; TaskSupervisor, dispatcher), at its default ``DeliverySettings``,
