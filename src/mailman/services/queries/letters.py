@@ -49,16 +49,18 @@ __all__ = [
 
 # mail_order is read as text and written from text (see mailman.services.database), so these
 # queries do not depend on a jsonb codec being registered on the connection.
-INSERT_LETTER = """
+LETTER_COLUMNS = """id, newsletter_id, subject, text_body, html_body, status, send_at, uncertain_policy,
+mail_order::text AS mail_order, created_at, updated_at, owner_node, lease_expires_at"""
+"""What every query that returns letters selects: the columns ``_letter_from_row`` reads."""
+
+INSERT_LETTER = f"""
 INSERT INTO letters (newsletter_id, subject, text_body, html_body, uncertain_policy)
 VALUES ($1, $2, $3, $4, $5)
-RETURNING id, newsletter_id, subject, text_body, html_body, status, send_at, uncertain_policy,
-          mail_order::text AS mail_order, created_at, updated_at, owner_node, lease_expires_at
+RETURNING {LETTER_COLUMNS}
 """
 
-SELECT_LETTER = """
-SELECT id, newsletter_id, subject, text_body, html_body, status, send_at, uncertain_policy,
-       mail_order::text AS mail_order, created_at, updated_at, owner_node, lease_expires_at
+SELECT_LETTER = f"""
+SELECT {LETTER_COLUMNS}
 FROM letters
 WHERE id = $1
 """
@@ -83,17 +85,15 @@ RETURNING id
 """
 
 # A shallow merge: top-level keys of $2 replace those of the summary, other keys stay.
-MERGE_MAIL_ORDER = """
+MERGE_MAIL_ORDER = f"""
 UPDATE letters
 SET mail_order = mail_order || $2::text::jsonb, updated_at = now()
 WHERE id = $1
-RETURNING id, newsletter_id, subject, text_body, html_body, status, send_at, uncertain_policy,
-          mail_order::text AS mail_order, created_at, updated_at, owner_node, lease_expires_at
+RETURNING {LETTER_COLUMNS}
 """
 
-SELECT_DUE = """
-SELECT id, newsletter_id, subject, text_body, html_body, status, send_at, uncertain_policy,
-       mail_order::text AS mail_order, created_at, updated_at, owner_node, lease_expires_at
+SELECT_DUE = f"""
+SELECT {LETTER_COLUMNS}
 FROM letters
 WHERE status = 'scheduled' AND send_at <= now()
 ORDER BY send_at, id
@@ -102,9 +102,8 @@ LIMIT $1
 
 # Served by letters_sending_idx. "Or this node": at boot, the letters a previous run of this node
 # (same node_name) left sending, whose lease it still holds; later, ones whose service is gone.
-SELECT_TO_TAKE_OVER = """
-SELECT id, newsletter_id, subject, text_body, html_body, status, send_at, uncertain_policy,
-       mail_order::text AS mail_order, created_at, updated_at, owner_node, lease_expires_at
+SELECT_TO_TAKE_OVER = f"""
+SELECT {LETTER_COLUMNS}
 FROM letters
 WHERE status = 'sending'
   AND (owner_node IS NULL OR owner_node = $1 OR lease_expires_at <= now())
@@ -265,8 +264,7 @@ async def acquire_lease(executor: Executor, letter_id: int, *, node: str, ttl: t
     Raises :class:`LetterLeasedError` when another node holds a live lease, and
     :class:`NotFoundError` when the letter does not exist. The letter's status does not matter.
     """
-    if ttl <= timedelta(0):
-        raise ValueError(f"expected a positive ttl, got {ttl!r}")
+    _check_ttl(ttl)
     async with transaction(executor) as connection:
         row = await connection.fetchrow(LOCK_FOR_LEASE, letter_id)
         if row is None:
@@ -289,8 +287,7 @@ async def renew_lease(
     The status tells the holder whether the letter was paused or cancelled from elsewhere. Raises
     :class:`LeaseLostError` when the lease is no longer the letter's: another node took it over.
     """
-    if ttl <= timedelta(0):
-        raise ValueError(f"expected a positive ttl, got {ttl!r}")
+    _check_ttl(ttl)
     row = await executor.fetchrow(RENEW_LEASE, lease.letter_id, lease.token, ttl)
     if row is None:
         raise await _lost(executor, lease)
@@ -328,6 +325,11 @@ async def release_lease(
     )
     if released is None:
         raise await _lost(executor, lease)
+
+
+def _check_ttl(ttl: timedelta) -> None:
+    if ttl <= timedelta(0):
+        raise ValueError(f"expected a positive ttl, got {ttl!r}")
 
 
 async def _lost(executor: Executor, lease: LetterLease) -> LeaseLostError:
