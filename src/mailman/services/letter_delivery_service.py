@@ -371,7 +371,7 @@ class LetterDeliveryService(GenServer[_State]):
     async def _recover(self, state: _State, letter: Letter) -> None:
         """Rows left 'sending' become uncertain, then resent or held by the policy in force."""
         assert state.pool is not None
-        policy = UncertainPolicy(state.args.context.settings.uncertain_policy or letter.uncertain_policy)
+        policy = _policy_in_force(state, letter)
         # Under the lease's lock: no other node can take the letter over while its rows change.
         async with _fenced(state) as connection:
             recovery = await deliveries.recover_deliveries(connection, state.letter_id, policy)
@@ -426,16 +426,12 @@ class LetterDeliveryService(GenServer[_State]):
                 await letters.update_mail_order(connection, state.letter_id, {"restarts": restarts})
         return True
 
-    def _policy(self, state: _State) -> UncertainPolicy:
-        """The uncertain policy in force: the settings' override, else the letter's own."""
-        assert state.letter is not None
-        return UncertainPolicy(state.args.context.settings.uncertain_policy or state.letter.uncertain_policy)
-
     def _start_driver(self, state: _State) -> None:
         assert state.pool is not None
         assert state.lease is not None
         assert state.smtp is not None
         assert state.template is not None
+        assert state.letter is not None
         settings = state.args.context.settings
         task = RecipientTask(
             letter_id=state.letter_id,
@@ -443,7 +439,7 @@ class LetterDeliveryService(GenServer[_State]):
             smtp=state.smtp,
             policy=settings.retry,
             rng=random.Random(),
-            hold_uncertain=self._policy(state) is UncertainPolicy.HOLD,
+            hold_uncertain=_policy_in_force(state, state.letter) is UncertainPolicy.HOLD,
         )
         state.drain = asyncio.Event()
         state.driver = spawn_link(
@@ -505,10 +501,7 @@ class LetterDeliveryService(GenServer[_State]):
         """The driver has ended and everything is flushed: finish, stop, or go on."""
         assert state.pool is not None
         if state.stopping is not None:
-            status = await self._stop_as(state, state.stopping)
-            for waiter in state.waiters:
-                GenServer.reply(waiter, status)
-            state.waiters.clear()
+            _reply_to_waiters(state, await self._stop_as(state, state.stopping))
             return Stop(NORMAL, state)
         counts = await deliveries.count_deliveries(state.pool, state.letter_id)
         if counts.unfinished:
@@ -629,10 +622,20 @@ class LetterDeliveryService(GenServer[_State]):
         if state.driver is not None:
             exit(state.driver, KILL)
             await self._await_driver(state)
-        for waiter in state.waiters:
-            GenServer.reply(waiter, None)
-        state.waiters.clear()
+        _reply_to_waiters(state, None)
         return Stop(NORMAL, state)
+
+
+def _policy_in_force(state: _State, letter: Letter) -> UncertainPolicy:
+    """The uncertain policy in force: the settings' override, else the letter's own."""
+    return UncertainPolicy(state.args.context.settings.uncertain_policy or letter.uncertain_policy)
+
+
+def _reply_to_waiters(state: _State, status: LetterStatus | None) -> None:
+    """Answer every pause or cancel waiting for the service to stop."""
+    for waiter in state.waiters:
+        GenServer.reply(waiter, status)
+    state.waiters.clear()
 
 
 @asynccontextmanager
