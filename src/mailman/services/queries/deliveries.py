@@ -419,7 +419,10 @@ async def claim_recipients(
     statement, so a batch of recipient tasks starts after one round trip. Fenced by ``lease`` in
     the same way (:class:`ClaimRefusedError`).
     """
-    _check_claim(letter_id, lease, limit)
+    if limit < 1:
+        raise ValueError(f"expected a limit >= 1, got {limit}")
+    if lease.letter_id != letter_id:
+        raise ValueError(f"expected a lease on letter {letter_id}, got one on letter {lease.letter_id}")
     rows = await executor.fetch(CLAIM_RECIPIENTS, letter_id, limit, lease.token)
     if not rows:
         await _check_fence(executor, lease)
@@ -437,13 +440,6 @@ async def claim_recipients(
         )
         for row in rows
     ]
-
-
-def _check_claim(letter_id: int, lease: LetterLease, limit: int) -> None:
-    if limit < 1:
-        raise ValueError(f"expected a limit >= 1, got {limit}")
-    if lease.letter_id != letter_id:
-        raise ValueError(f"expected a lease on letter {letter_id}, got one on letter {lease.letter_id}")
 
 
 async def _check_fence(executor: Executor, lease: LetterLease) -> None:
