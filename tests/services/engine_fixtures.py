@@ -18,7 +18,8 @@ own ``names`` (the prefix of its registered names, ``"mailman"`` by default) and
 
 Synchronisation helpers, since tests never sleep to wait for something: :func:`eventually` polls a
 condition (usually Postgres state) with a deadline; :func:`hold_replies` freezes the SMTP side with
-held end-of-DATA replies, so that a test acts while a known set of messages is in flight.
+held end-of-DATA replies, so that a test acts while a known set of messages is in flight;
+:func:`while_draining` runs a pause, a cancel or a stop that way.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from mailman.services.models import Letter, LetterStatus, NewSubscriber, Uncerta
 from mailman.services.queries import letters, newsletters, subscriptions
 from mailman.services.retry_policy import RetryPolicy
 from mailman.services.scheduler import Scheduler, SchedulerArgs
-from mailman.supervisor import EventName, Pid, Supervisor, attach, await_exit, detach, is_alive
+from mailman.supervisor import EventName, GenServer, Pid, Supervisor, attach, await_exit, detach, is_alive
 from tests.services.smtp_sink import Hold, ReceivedMessage, SmtpSink
 
 FAST_RETRY = RetryPolicy(max_attempts=5, base_delay=0.0, max_delay=0.0)
@@ -192,6 +193,26 @@ async def hold_replies(sink: SmtpSink, count: int = POOL_SIZE, timeout: float = 
         for hold in holds:
             await hold.reached.wait()
     return holds
+
+
+async def while_draining(
+    engine: Engine, letter_id: int, command: Callable[[], Awaitable[Any]], *, after_messages: int = 20
+) -> Any:
+    """Run ``command`` (a pause, a cancel, a stop) mid-send, and its result.
+
+    Once ``after_messages`` messages are in, every SMTP reply is held (:func:`hold_replies`);
+    ``command`` starts, and the replies are released only when the letter's service has stopped
+    claiming, so that the command is known to act while a known set of messages is in flight.
+    """
+    await engine.sink.wait_for_messages(after_messages)
+    holds = await hold_replies(engine.sink)
+    drain = GenServer.get_state(engine.service(letter_id)).drain
+    running = asyncio.create_task(command())
+    async with asyncio.timeout(10):
+        await drain.wait()
+    for hold in holds:
+        hold.release()
+    return await running
 
 
 def engine_config(

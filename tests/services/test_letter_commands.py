@@ -8,30 +8,14 @@ send, sending a finished letter changes nothing, pause and cancel let the messag
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from mailman.services import letter_commands
 from mailman.services.models import LetterStatus, SubscriptionStatus
 from mailman.services.queries import letters, subscriptions
-from mailman.supervisor import GenServer, Supervisor
-from tests.services.engine_fixtures import POOL_SIZE, Engine, hold_replies, received
+from mailman.supervisor import Supervisor
+from tests.services.engine_fixtures import POOL_SIZE, Engine, hold_replies, received, while_draining
 
 COUNTS = {"pending", "sending", "delivered", "failed", "skipped"}
-
-
-async def while_draining(engine: Engine, letter_id: int, command: Callable[[], Awaitable[Any]]) -> Any:
-    """Run ``command`` (a pause or a cancel) while every SMTP reply is held: release the replies once
-    the service has stopped claiming, so that the command is known to act mid-send."""
-    await engine.sink.wait_for_messages(20)
-    holds = await hold_replies(engine.sink)
-    drain = GenServer.get_state(engine.service(letter_id)).drain
-    running = asyncio.create_task(command())
-    async with asyncio.timeout(10):
-        await drain.wait()
-    for hold in holds:
-        hold.release()
-    return await running
 
 
 class TestSendLetter:

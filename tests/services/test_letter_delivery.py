@@ -46,6 +46,7 @@ from tests.services.engine_fixtures import (
     hold_replies,
     message_ids,
     received,
+    while_draining,
 )
 
 DOMAIN = "mailman.localhost"
@@ -125,16 +126,8 @@ class TestGracefulStop:
         await engine.newsletter(300)
         letter = await engine.letter()
         await engine.send(letter.id)
-        await engine.sink.wait_for_messages(40)
-        holds = await hold_replies(engine.sink)
-        drain = GenServer.get_state(engine.service(letter.id)).drain
-
-        stopping = asyncio.create_task(engine.stop())
-        async with asyncio.timeout(10):
-            await drain.wait()  # the service is stopping: it claims nobody more
-        for hold in holds:
-            hold.release()  # ... and lets the messages in flight finish
-        await stopping
+        # The service is stopping: it claims nobody more, and lets the messages in flight finish.
+        await while_draining(engine, letter.id, engine.stop, after_messages=40)
 
         stopped = await letters.get_letter(engine.pool, letter.id)
         assert stopped.status is LetterStatus.SENDING
@@ -171,17 +164,8 @@ class TestGracefulStop:
         await engine.newsletter(300)
         letter = await engine.letter()
         await engine.send(letter.id)
-        await engine.sink.wait_for_messages(40)
-        holds = await hold_replies(engine.sink)
         service = engine.service(letter.id)
-        drain = GenServer.get_state(service).drain
-
-        stopping = asyncio.create_task(GenServer.stop(service, SHUTDOWN))
-        async with asyncio.timeout(10):
-            await drain.wait()
-        for hold in holds:
-            hold.release()
-        await stopping
+        await while_draining(engine, letter.id, lambda: GenServer.stop(service, SHUTDOWN), after_messages=40)
 
         status = await letter_commands.letter_status(engine.context, letter.id)
         assert status["state"] == "sending"

@@ -49,6 +49,7 @@ from tests.services.engine_fixtures import (
     hold_replies,
     message_ids,
     received,
+    while_draining,
 )
 
 TTL = 1.0
@@ -267,16 +268,7 @@ class TestTakeover:
         await a.newsletter(300)
         letter = await a.letter()
         await a.send(letter.id)
-        await a.sink.wait_for_messages(40)
-        holds = await hold_replies(a.sink)
-        drain = GenServer.get_state(a.service(letter.id)).drain
-
-        stopping = asyncio.create_task(a.stop())
-        async with asyncio.timeout(10):
-            await drain.wait()
-        for hold in holds:
-            hold.release()
-        await stopping
+        await while_draining(a, letter.id, a.stop, after_messages=40)
         await taken_over(b, letter.id, timeout=10)  # well within the lease's minute
         done = await b.wait_until_done(letter.id)
 
