@@ -30,7 +30,15 @@ from mailman.services.queries import deliveries, letters
 from mailman.services.repo import Repo
 from mailman.supervisor import CallExitError, NoProcessError, await_exit
 
-__all__ = ["cancel_letter", "letter_status", "pause_letter", "resume_letter", "retry_failed", "send_letter"]
+__all__ = [
+    "cancel_letter",
+    "deliver_here",
+    "letter_status",
+    "pause_letter",
+    "resume_letter",
+    "retry_failed",
+    "send_letter",
+]
 
 _DONE = (LetterStatus.SENT, LetterStatus.CANCELLED, LetterStatus.FAILED)
 
@@ -50,7 +58,7 @@ async def send_letter(
             # Fix the audience here, in one transaction, so that the answer is definite: the letter
             # is sending, to this many recipients (the service would do it too, if started alone).
             audience = await deliveries.fix_audience(pool, letter_id, subscription_ids=recipients)
-            elsewhere = await _deliver(context, letter_id)
+            elsewhere = await deliver_here(context, letter_id)
             if audience.fixed_now:
                 message = f"sending started to {audience.size} recipients"
                 if elsewhere is not None:  # another node started it at the same time, and won
@@ -61,7 +69,7 @@ async def send_letter(
                 message = f"already {audience.status}: joined"
         case LetterStatus.SENDING:
             joined = LetterDeliveryDispatcher.running(context, letter_id) is not None
-            elsewhere = await _deliver(context, letter_id)
+            elsewhere = await deliver_here(context, letter_id)
             if elsewhere is not None:
                 message = f"already sending: the letter is being sent by node {elsewhere}"
             else:
@@ -123,7 +131,7 @@ async def resume_letter(context: DeliveryContext, letter_id: int) -> dict[str, A
     """Go on with a paused letter, from where it stopped."""
     pool = await Repo.pool(context.repo)
     if await letters.set_letter_status(pool, letter_id, LetterStatus.SENDING, expected=LetterStatus.PAUSED):
-        elsewhere = await _deliver(context, letter_id)
+        elsewhere = await deliver_here(context, letter_id)
         # Another node may have been quicker: its Scheduler takes over a letter sending that nobody holds.
         message = "resumed" if elsewhere is None else f"resumed: the letter is being sent by node {elsewhere}"
     else:
@@ -145,12 +153,12 @@ async def retry_failed(context: DeliveryContext, letter_id: int) -> dict[str, An
             )
     letter = await letters.get_letter(pool, letter_id)
     if retried and letter.status is LetterStatus.SENDING:
-        await _deliver(context, letter_id)  # the node sending it (this one or another) retries them
+        await deliver_here(context, letter_id)  # the node sending it (this one or another) retries them
     return {**await letter_status(context, letter_id), "retried": retried}
 
 
-async def _deliver(context: DeliveryContext, letter_id: int) -> str | None:
-    """Start or join the letter's send here; the node sending it instead, if another one is."""
+async def deliver_here(context: DeliveryContext, letter_id: int) -> str | None:
+    """Start or join the letter's send on this node: None, or the node sending it if another one is."""
     try:
         await LetterDeliveryDispatcher.deliver(context, letter_id)
     except LetterLeasedError as error:

@@ -30,7 +30,6 @@ import structlog
 
 from mailman.services import letter_commands
 from mailman.services.delivery_context import DeliveryContext
-from mailman.services.errors import LetterLeasedError
 from mailman.services.letter_delivery_dispatcher import LetterDeliveryDispatcher
 from mailman.services.models import Letter
 from mailman.services.queries import letters
@@ -120,11 +119,8 @@ class Scheduler(GenServer[_State]):
         for letter in await letters.letters_to_take_over(pool, context.settings.node_name):
             if LetterDeliveryDispatcher.running(context, letter.id) is not None:
                 continue  # this node is sending it
-            try:
-                await LetterDeliveryDispatcher.deliver(context, letter.id)
-            except LetterLeasedError:
-                continue  # another node took it first
-            taken.append(letter)
+            if await letter_commands.deliver_here(context, letter.id) is None:
+                taken.append(letter)  # else another node took it first
         return taken
 
     async def _send_due(self, state: _State) -> None:
