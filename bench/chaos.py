@@ -73,7 +73,11 @@ from typing import IO, Any
 
 import asyncpg
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from delivery import create_database, start_postgres  # bench/delivery.py, beside this script
+from delivery import (  # bench/delivery.py, beside this script
+    create_database,
+    start_postgres,
+    subscriber_email,
+)
 
 from mailman.client import Client, DaemonNotRunningError
 from mailman.services.database import create_pool
@@ -98,10 +102,6 @@ STOP_TIMEOUT = 120.0
 READY_TIMEOUT = 60.0
 OBSERVER = "mailman-chaos"
 """The application_name of this script's own connection to Postgres."""
-
-
-def subscriber_email(i: int) -> str:
-    return f"reader{i}@example.org"
 
 
 # ---------------------------------------------------------------- the sink (another process)
