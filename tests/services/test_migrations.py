@@ -29,7 +29,7 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 
 TABLES = {"users", "newsletters", "subscriptions", "letters", "deliveries", "newsletter_emails"}
 
-SHIPPED = [(1, "initial"), (2, "letter_leases")]
+SHIPPED = [(1, "initial"), (2, "letter_leases"), (3, "letter_message_domain")]
 """The migrations this version of mailman ships, in order."""
 
 
@@ -58,7 +58,7 @@ class TestMigrate:
         self, connection: asyncpg.Connection[asyncpg.Record]
     ) -> None:
         """The shipped migrations create every table of the data model, the lease-token sequences of
-        deliveries and letters, and the letters' lease columns."""
+        deliveries and letters, the letters' lease columns and their Message-ID domain."""
         applied = await migrate(connection)
 
         assert [(m.version, m.name) for m in applied] == SHIPPED
@@ -68,7 +68,9 @@ class TestMigrate:
         columns = await connection.fetch(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'letters'"
         )
-        assert {"owner_node", "owner_token", "lease_expires_at"} <= {row["column_name"] for row in columns}
+        assert {"owner_node", "owner_token", "lease_expires_at", "message_domain"} <= {
+            row["column_name"] for row in columns
+        }
 
     async def test_records_version_name_and_checksum(
         self, connection: asyncpg.Connection[asyncpg.Record]

@@ -329,8 +329,9 @@ class TestLeaseLost:
         self, engine_factory: EngineFactory, restarts: list[Pid]
     ) -> None:
         """The lease is taken from under a sending node. Its next claim is refused: it lets the
-        messages in flight finish, records them, claims nobody more, and stops normally without
-        touching the letter (status, summary and lease stay the new holder's)."""
+        messages in flight finish, records them, gives back those still waiting for an SMTP turn,
+        claims nobody more, and stops normally without touching the letter (status, summary and
+        lease stay the new holder's)."""
         a = await engine_factory(names="a", node_name="node-a", lease_ttl=60.0)
         await a.newsletter(300)
         letter = await a.letter()
@@ -349,7 +350,7 @@ class TestLeaseLost:
         after = await letters.get_letter(a.pool, letter.id)
         assert after.status is LetterStatus.SENDING
         assert (after.owner_node, after.mail_order) == ("node-x", before.mail_order)
-        assert await claimed_rows(a, letter.id) == stolen_at
+        assert await claimed_rows(a, letter.id) <= stolen_at  # given back: attempt refunded
         assert len(a.sink.messages) <= stolen_at
         assert LetterDeliveryDispatcher.running(a.context, letter.id) is None
         assert restarts == []

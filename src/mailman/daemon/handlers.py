@@ -88,6 +88,7 @@ class MailmanHandlers:
             text_body=params.text_body,
             html_body=params.html_body,
             uncertain_policy=UncertainPolicy(params.uncertain_policy),
+            message_domain=self.message_domain,
         )
         state = letter.status.value
         if params.send_at is not None:

@@ -119,7 +119,8 @@ class Handlers(Protocol):
         ...
 
     async def letter_retry_failed(self, params: LetterRetryFailedParams) -> Result:
-        """Returns ``{"letter_id": int, "state": str, "retried": int}``: how many went back to pending."""
+        """Returns the letter's status with ``"retried": int`` (how many went back to pending) and
+        ``"message"`` (what happened; a cancelled letter is refused)."""
         ...
 
     async def letter_create(self, params: LetterCreateParams) -> Result:

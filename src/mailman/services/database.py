@@ -145,14 +145,21 @@ async def transaction(executor: Executor) -> AsyncIterator[Connection]:
     """A connection inside a transaction: a new one from a pool, or a savepoint on a connection.
 
     On a connection that is already in a transaction this nests (asyncpg uses a savepoint), so query
-    functions that need atomicity still compose into a caller's larger transaction.
+    functions that need atomicity still compose into a caller's larger transaction. Failures of the
+    transaction itself (no connection to be had, a lost COMMIT) leave it as MailmanErrors, as a
+    query function's do.
     """
-    if isinstance(executor, asyncpg.Pool):
-        async with executor.acquire() as connection, connection.transaction():
-            yield connection
-    else:
-        async with executor.transaction():
-            yield executor
+    try:
+        if isinstance(executor, asyncpg.Pool):
+            async with executor.acquire() as connection, connection.transaction():
+                yield connection
+        else:
+            async with executor.transaction():
+                yield executor
+    except MailmanError:
+        raise
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as error:
+        raise translate_error(error, executor) from error
 
 
 @translate_errors

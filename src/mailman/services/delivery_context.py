@@ -18,6 +18,9 @@ from mailman.services.retry_policy import RetryPolicy
 
 __all__ = ["DeliveryContext", "DeliverySettings", "default_node_name"]
 
+_WRITE_GRACE = 15.0
+"""Seconds of a graceful stop left, after the last message in flight, to write the outcomes."""
+
 
 def default_node_name() -> str:
     """A name no other running daemon has: ``<hostname>-<pid>-<6 random hex digits>``.
@@ -51,6 +54,10 @@ class DeliverySettings:
     """Seconds after which buffered outcomes are written anyway."""
     task_timeout: float = 120.0
     """A recipient task running longer is killed and retried (with the same Message-ID)."""
+    subscription_recheck: float = 2.0
+    """Seconds after its claim from which a recipient's subscription is read again right before
+    its message goes out: an unsubscribe never waits longer than this to stop a message that has
+    not started (at a low rate a claimed recipient may wait minutes for its turn)."""
     idle_poll: float = 1.0
     """Longest wait between claims while every pending recipient is backing off."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -84,6 +91,15 @@ class DeliverySettings:
             raise ValueError(f"expected node_name to be a non-empty string, got {self.node_name!r}")
         if not self.lease_ttl > 0:
             raise ValueError(f"expected lease_ttl > 0 seconds, got {self.lease_ttl!r}")
+
+    @property
+    def stop_budget(self) -> float:
+        """Seconds a letter's service is given to stop gracefully before it is killed.
+
+        A stop gives back at once every recipient still waiting for its turn; it waits only for the
+        messages already handed to the relay, each of which ends within ``task_timeout``, and then
+        writes their outcomes: a graceful stop therefore mails nobody twice, whatever the rate."""
+        return self.task_timeout + _WRITE_GRACE
 
     @property
     def lease_duration(self) -> timedelta:

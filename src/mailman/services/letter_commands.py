@@ -25,7 +25,7 @@ from mailman.services.delivery_context import DeliveryContext
 from mailman.services.errors import LetterLeasedError
 from mailman.services.letter_delivery_dispatcher import LetterDeliveryDispatcher
 from mailman.services.letter_delivery_service import LetterDeliveryService
-from mailman.services.models import LetterStatus
+from mailman.services.models import LetterStatus, UncertainPolicy
 from mailman.services.queries import deliveries, letters
 from mailman.services.repo import Repo
 from mailman.supervisor import CallExitError, NoProcessError, await_exit
@@ -140,21 +140,59 @@ async def resume_letter(context: DeliveryContext, letter_id: int) -> dict[str, A
 
 
 async def retry_failed(context: DeliveryContext, letter_id: int) -> dict[str, Any]:
-    """Send again to the recipients that failed (dead letters), with fresh attempts."""
+    """Send again to the recipients that failed (dead letters), with fresh attempts.
+
+    One transaction under the letter's lock (the lock its sender settles under, see
+    :meth:`LetterDeliveryService._settle`), so a retry never lands between the sender's count and
+    its marking the letter sent: either the sender sees the retried rows pending and goes on, or
+    the retry finds the letter sent and starts it again. What each status allows:
+
+    - ``sending``: the failed rows are pending again; the node sending the letter picks them up.
+    - ``paused``: the same; they are sent once the letter is resumed.
+    - ``sent`` or ``failed``: the failed rows are pending again and the letter sending (a letter
+      failed by its crash limit goes on with its unfinished rows too, even if none failed; its
+      restart count starts again), started here or on the node that takes it.
+    - ``cancelled``, ``draft``, ``scheduled``: refused, nothing changes (the answer says why).
+
+    The letter's bookkeeping (``mail_order``) is written only where no node holds its lease.
+    """
     pool = await Repo.pool(context.repo)
+    restarted = False
     async with transaction(pool) as connection:
-        retried = await deliveries.retry_failed(connection, letter_id)
-        if retried:
-            await letters.set_letter_status(
-                connection, letter_id, LetterStatus.SENDING, expected=[LetterStatus.SENT, LetterStatus.FAILED]
-            )
-            await letters.update_mail_order(
-                connection, letter_id, {"restarts": 0, "failure_reason": None, "running": False}
-            )
-    letter = await letters.get_letter(pool, letter_id)
-    if retried and letter.status is LetterStatus.SENDING:
-        await deliver_here(context, letter_id)  # the node sending it (this one or another) retries them
-    return {**await letter_status(context, letter_id), "retried": retried}
+        letter, leased = await letters.lock_letter(connection, letter_id)
+        retried = 0
+        match letter.status:
+            case LetterStatus.SENDING | LetterStatus.PAUSED:
+                retried = await deliveries.retry_failed(connection, letter_id)
+                message = f"{retried} failed recipients queued again"
+                if letter.status is LetterStatus.PAUSED:
+                    message += ": they are sent when the letter is resumed"
+            case LetterStatus.SENT | LetterStatus.FAILED if not leased:
+                retried = await deliveries.retry_failed(connection, letter_id)
+                counts = await deliveries.count_deliveries(connection, letter_id)
+                policy = context.settings.uncertain_policy or letter.uncertain_policy
+                # Under resend, the rows a crash left uncertain are sent again by the next sender.
+                resent = counts.uncertain if policy == UncertainPolicy.RESEND else 0
+                if retried or (letter.status is LetterStatus.FAILED and counts.unfinished + resent):
+                    await letters.set_letter_status(
+                        connection, letter_id, LetterStatus.SENDING, expected=letter.status
+                    )
+                    await letters.update_mail_order(
+                        connection, letter_id, {"restarts": 0, "failure_reason": None}
+                    )
+                    restarted = True
+                    message = f"{retried} failed recipients queued again: the letter is sending"
+                else:
+                    message = f"the letter is {letter.status} and no recipient failed: nothing to retry"
+            case LetterStatus.CANCELLED:
+                message = "the letter is cancelled: its recipients are not sent to again"
+            case _:
+                message = f"the letter is {letter.status}: nothing was sent yet, so nothing to retry"
+    if restarted or (retried and letter.status is LetterStatus.SENDING):
+        elsewhere = await deliver_here(context, letter_id)  # this node, or the one sending it
+        if elsewhere is not None:
+            message += f" (by node {elsewhere})"
+    return {**await letter_status(context, letter_id), "retried": retried, "message": message}
 
 
 async def deliver_here(context: DeliveryContext, letter_id: int) -> str | None:

@@ -62,6 +62,9 @@ class LetterSupervisor(Supervisor):
                 arg, id="service", name=Registry.via(context.letters, arg.letter_id)
             ),
             significant=True,
+            # Long enough for the messages already handed to the relay to finish and be recorded:
+            # killed earlier, their rows would be resent (or held uncertain) after a clean stop.
+            shutdown=context.settings.stop_budget,
         )
         return SupervisorSpec(
             [service],

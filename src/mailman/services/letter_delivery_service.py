@@ -60,6 +60,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -70,8 +71,8 @@ import asyncpg
 import structlog
 
 from mailman.services.database import Connection, transaction
-from mailman.services.delivery_context import DeliveryContext
-from mailman.services.errors import ClaimRefusedError, LeaseLostError, LetterLeasedError
+from mailman.services.delivery_context import DeliveryContext, DeliverySettings
+from mailman.services.errors import ClaimRefusedError, DatabaseError, LeaseLostError, LetterLeasedError
 from mailman.services.letter_driver import LetterDriver, RecipientsDone, drive
 from mailman.services.mailer import SmtpPool
 from mailman.services.mailer_server import Mailer
@@ -82,10 +83,10 @@ from mailman.services.models import (
     LetterStatus,
     UncertainPolicy,
 )
-from mailman.services.queries import deliveries, letters, newsletters, subscriptions
+from mailman.services.outcome_buffer import OutcomeBuffer
+from mailman.services.queries import deliveries, letters, newsletters
 from mailman.services.recipient_task import RecipientTask
 from mailman.services.repo import Repo
-from mailman.services.retry_policy import RecipientVerdict
 from mailman.supervisor import (
     KILL,
     NORMAL,
@@ -162,16 +163,18 @@ class _State:
     template: LetterTemplate | None = None
     driver: Pid | None = None
     drain: asyncio.Event | None = None
-    buffer: list[RecipientVerdict] = field(default_factory=list)
+    buffer: OutcomeBuffer = field(init=False)
     flush_timer: TimerRef | None = None
     stopping: LetterStatus | None = None
     stopped_elsewhere: bool = False
     """``stopping`` was read from the letter (paused or cancelled from another node), not asked here."""
     waiters: list[From] = field(default_factory=list)
-    sent: int = 0
     lease: LetterLease | None = None
     """Held from the load until a clean stop; None before, after, and once lost to another node."""
     renew_timer: TimerRef | None = None
+
+    def __post_init__(self) -> None:
+        self.buffer = OutcomeBuffer(self.args.letter_id)
 
     @property
     def letter_id(self) -> int:
@@ -182,7 +185,8 @@ class LetterDeliveryService(GenServer[_State]):
     """Sends one letter to its audience; resumable from Postgres at any point."""
 
     child_restart = Restart.TRANSIENT
-    child_shutdown = 30.0
+    child_shutdown = DeliverySettings().stop_budget
+    """The default; :class:`LetterSupervisor` gives the settings' ``stop_budget``."""
 
     # ---------------------------------------------------------------- client API
 
@@ -242,11 +246,16 @@ class LetterDeliveryService(GenServer[_State]):
             case LetterStatus.SENDING:
                 if not await self._count_restart(state, letter):
                     return Stop(NORMAL, state)
-                # Only a predecessor that did not stop cleanly can have left rows 'sending' (a clean
-                # stop drains and flushes): a fresh send or a resume skips the scan of the letter.
-                # That predecessor may have run on another node that died: its lease is ours now.
-                if letter.mail_order.get("running"):
-                    await self._recover(state, letter)
+                # Whatever the path that brought us here (a restart, a takeover, a resume, a retry, a
+                # boot), no driver of ours runs yet: every row 'sending' is a dead sender's.
+                await self._recover(state, letter)
+            case LetterStatus.PAUSED | LetterStatus.CANCELLED:
+                # Paused or cancelled while a sender that then died had rows in flight: they are
+                # recovered now, so that the letter's accounting shows nobody sending.
+                await self._recover(state, letter)
+                _log.info("letter needs no sending", letter_id=state.letter_id, status=str(letter.status))
+                await self._release(state)
+                return Stop(NORMAL, state)
             case _:
                 _log.info("letter needs no sending", letter_id=state.letter_id, status=str(letter.status))
                 await self._release(state)
@@ -260,6 +269,9 @@ class LetterDeliveryService(GenServer[_State]):
                 {"running": state.args.context.settings.incarnation, "last_crash": None},
             )
         newsletter = await newsletters.get_newsletter(pool, letter.newsletter_id)
+        message_domain = letter.message_domain or await letters.fix_message_domain(
+            pool, state.letter_id, settings.message_domain
+        )
         state.letter = letter
         state.template = LetterTemplate.render(
             subject=letter.subject,
@@ -268,7 +280,7 @@ class LetterDeliveryService(GenServer[_State]):
             from_address=newsletter.from_address,
             from_name=newsletter.name,
             reply_to=newsletter.reply_to,
-            message_domain=context.settings.message_domain,
+            message_domain=message_domain,
             unsubscribe_url=newsletter.unsubscribe_url_template,
         )
         state.smtp = await Mailer.pool(context.mailer)
@@ -302,7 +314,7 @@ class LetterDeliveryService(GenServer[_State]):
                     state.drain.set()
                 return NoReply(state)
             case _Progress():
-                return Reply({"buffered": len(state.buffer), "sent": state.sent}, state)
+                return Reply({"buffered": len(state.buffer), "sent": state.buffer.sent}, state)
         raise ValueError(f"unexpected request {request!r}")
 
     async def handle_info(self, message: Any, state: _State) -> NoReply[_State] | Stop[_State]:
@@ -314,8 +326,8 @@ class LetterDeliveryService(GenServer[_State]):
     async def _handle_info(self, message: Any, state: _State) -> NoReply[_State] | Stop[_State]:
         match message:
             case RecipientsDone(verdicts):
-                state.buffer += verdicts
-                if len(state.buffer) >= state.args.context.settings.flush_size:
+                state.buffer.add(verdicts)
+                if len(state.buffer) >= state.args.context.settings.flush_size and not state.buffer.failures:
                     await self._flush(state)
                 elif state.flush_timer is None:
                     interval = state.args.context.settings.flush_interval
@@ -323,7 +335,9 @@ class LetterDeliveryService(GenServer[_State]):
                 return NoReply(state)
             case _Flush():
                 state.flush_timer = None
-                await self._flush(state)
+                if await self._flush(state) and state.driver is None and state.lease is not None:
+                    # The driver ended while the outcomes could not be written: settle now.
+                    return await self._renew(state)
                 return NoReply(state)
             case _Renew():
                 state.renew_timer = None
@@ -332,7 +346,8 @@ class LetterDeliveryService(GenServer[_State]):
                 state.driver = None
                 if not is_expected(reason):
                     return Stop(reason, state)  # the driver crashed: so do we, and we resume from Postgres
-                await self._flush(state)
+                if not await self._flush(state):
+                    return NoReply(state)  # settled once the outcomes are written (the _Flush retry)
                 if isinstance(reason, Shutdown) and isinstance(reason.detail, ClaimRefusedError):
                     # The recipients in flight have finished. Renewing tells why the claim was refused:
                     # the lease lost (LeaseLostError), the letter paused or cancelled elsewhere, or a
@@ -350,7 +365,7 @@ class LetterDeliveryService(GenServer[_State]):
             await self._await_driver(state)
         if state.pool is None:
             return
-        await self._flush(state)  # acks are fenced row by row: safe even with the lease lost
+        await self._write_all(state)  # acks are fenced row by row: safe even with the lease lost
         self._disarm_renewal(state)
         if state.lease is None:
             return  # never held, already released, or lost: the letter is not ours to write
@@ -369,7 +384,14 @@ class LetterDeliveryService(GenServer[_State]):
     # ---------------------------------------------------------------- internals
 
     async def _recover(self, state: _State, letter: Letter) -> None:
-        """Rows left 'sending' become uncertain, then resent or held by the policy in force."""
+        """Rows left 'sending' become uncertain, then resent or held by the policy in force.
+
+        Runs whenever a service takes a letter that may have been sent before, before it claims
+        anything: no driver of this service runs yet, so every 'sending' row belongs to a sender that
+        died (a crash, a kill, a node that lost the letter) and will never acknowledge it. Under
+        ``resend`` every uncertain row is queued again, also those a letter failed by its crash
+        limit had left, so that a retry of such a letter mails them.
+        """
         assert state.pool is not None
         policy = _policy_in_force(state, letter)
         # Under the lease's lock: no other node can take the letter over while its rows change.
@@ -433,6 +455,7 @@ class LetterDeliveryService(GenServer[_State]):
         assert state.template is not None
         assert state.letter is not None
         settings = state.args.context.settings
+        state.drain = asyncio.Event()
         task = RecipientTask(
             letter_id=state.letter_id,
             template=state.template,
@@ -440,8 +463,10 @@ class LetterDeliveryService(GenServer[_State]):
             policy=settings.retry,
             rng=random.Random(),
             hold_uncertain=_policy_in_force(state, state.letter) is UncertainPolicy.HOLD,
+            withdrawn=state.drain,
+            database=state.pool,
+            recheck_after=settings.subscription_recheck,
         )
-        state.drain = asyncio.Event()
         state.driver = spawn_link(
             drive,
             LetterDriver(
@@ -452,31 +477,34 @@ class LetterDeliveryService(GenServer[_State]):
                 lease=state.lease,
                 task=task,
                 drain=state.drain,
+                writable=state.buffer.writable,
             ),
         )
 
-    async def _flush(self, state: _State) -> None:
+    async def _flush(self, state: _State) -> bool:
+        """Write the buffered outcomes; True when none is left. A failed write keeps them all and
+        arms a retry after the buffer's back-off (the driver claims nobody meanwhile)."""
         if state.flush_timer is not None:
             cancel_timer(state.flush_timer)
             state.flush_timer = None
-        if not state.buffer or state.pool is None:
-            return
-        batch, state.buffer = state.buffer, []
-        outcomes = [verdict.outcome for verdict in batch]
-        sent = [verdict.sent_email for verdict in batch if verdict.sent_email is not None]
-        bounced = [(v.outcome.subscription_id, v.bounce_reason) for v in batch if v.bounce_reason is not None]
-        if not bounced:
-            # The common case: the outcomes and the emails sent, in one statement (one round trip).
-            applied = await deliveries.ack_deliveries(state.pool, state.letter_id, outcomes, sent)
-        else:
-            async with transaction(state.pool) as connection:
-                applied = await deliveries.ack_deliveries(connection, state.letter_id, outcomes, sent)
-                for subscription_id, reason in bounced:
-                    if subscription_id in applied:
-                        await subscriptions.mark_bounced(connection, subscription_id, reason)
-        state.sent += sum(1 for email in sent if email.subscription_id in applied)
-        if len(applied) != len(batch):
-            _log.warning("outcomes fenced out", letter_id=state.letter_id, dropped=len(batch) - len(applied))
+        if state.pool is None:
+            return True
+        if await state.buffer.write(state.pool):
+            return True
+        state.flush_timer = send_after(self_pid(), _FLUSH, state.buffer.retry_in)
+        return False
+
+    async def _write_all(self, state: _State) -> None:
+        """Write the buffered outcomes, waiting out failed writes: a stop must not lose them.
+
+        Bounded by the caller: a pause or cancel's call timeout, or the stop budget in ``terminate``
+        (past it the supervisor kills the service, and the rows stay 'sending' for recovery).
+        """
+        assert state.pool is not None
+        # A back-off between tries, not a wait for an event: the service is stopping and has
+        # nothing else to serve meanwhile.
+        while not await state.buffer.write(state.pool):  # noqa: ASYNC110
+            await asyncio.sleep(state.buffer.retry_in)
 
     async def _stop_as(self, state: _State, status: LetterStatus) -> LetterStatus | None:
         """Pause or cancel: flush, then move the letter to ``status`` and release its lease.
@@ -485,7 +513,7 @@ class LetterDeliveryService(GenServer[_State]):
         have been resumed since: then another node picks the letter up). None when the service
         never held the lease: it was still loading, and changed nothing.
         """
-        await self._flush(state)
+        await self._write_all(state)
         if state.lease is None:
             return None
         if not state.stopped_elsewhere:
@@ -498,32 +526,48 @@ class LetterDeliveryService(GenServer[_State]):
         return status
 
     async def _settle(self, state: _State) -> NoReply[_State] | Stop[_State]:
-        """The driver has ended and everything is flushed: finish, stop, or go on."""
+        """The driver has ended and everything is flushed: finish, stop, or go on.
+
+        The count and the status change happen in one transaction under the letter's lock (the
+        lease's, :func:`letters.lock_lease`), the lock a retry of failed recipients takes too
+        (:func:`letters.lock_letter`): a retry either lands before the count, which then sees its
+        rows pending and goes on, or after the letter is sent, and finds it sent (and starts it
+        again). A pause or cancel written meanwhile from another node is seen here too.
+        """
         assert state.pool is not None
         if state.stopping is not None:
             _reply_to_waiters(state, await self._stop_as(state, state.stopping))
             return Stop(NORMAL, state)
-        counts = await deliveries.count_deliveries(state.pool, state.letter_id)
-        if counts.unfinished:
-            self._start_driver(state)  # some recipients are backing off: wait for them
-            return NoReply(state)
         assert state.lease is not None
-        async with _fenced(state) as connection:
-            await letters.set_letter_status(
-                connection, state.letter_id, LetterStatus.SENT, expected=LetterStatus.SENDING
-            )
-            await letters.release_lease(
-                connection,
-                state.lease,
-                {
-                    "running": False,
-                    "finished": True,
-                    "delivered": counts.delivered,
-                    "failed": counts.failed,
-                    "skipped": counts.skipped,
-                    "uncertain": counts.uncertain,
-                },
-            )
+        async with transaction(state.pool) as connection:
+            status = await letters.lock_lease(connection, state.lease)
+            counts = await deliveries.count_deliveries(connection, state.letter_id)
+            finished = status is LetterStatus.SENDING and not counts.unfinished
+            if finished:
+                await letters.set_letter_status(
+                    connection, state.letter_id, LetterStatus.SENT, expected=LetterStatus.SENDING
+                )
+                await letters.release_lease(
+                    connection,
+                    state.lease,
+                    {
+                        "running": False,
+                        "finished": True,
+                        "delivered": counts.delivered,
+                        "failed": counts.failed,
+                        "skipped": counts.skipped,
+                        "uncertain": counts.uncertain,
+                    },
+                )
+        if status is not LetterStatus.SENDING:
+            # Paused or cancelled from another node since the last renewal: stop as asked there.
+            _log.info("letter stopped from elsewhere", letter_id=state.letter_id, status=str(status))
+            state.stopping, state.stopped_elsewhere = status, True
+            _reply_to_waiters(state, await self._stop_as(state, status))
+            return Stop(NORMAL, state)
+        if not finished:
+            self._start_driver(state)  # some recipients are backing off (or were retried): go on
+            return NoReply(state)
         state.lease = None
         _log.info(
             "letter sent",
@@ -567,39 +611,61 @@ class LetterDeliveryService(GenServer[_State]):
     async def _await_driver(self, state: _State) -> None:
         """Take the driver's verdicts until it has ended (``terminate`` blocks the server loop).
 
-        The lease is renewed meanwhile, as the timer would: the recipients in flight may take a while
-        to finish, and another node must not take the letter over from a node still sending it. A
-        renewal that finds the lease lost kills the driver, and its tasks with it, at once.
+        The verdicts are written as they come, every ``flush_size`` or ``flush_interval`` as while
+        sending, never only at the end: a stop that runs out of its budget loses no outcome that
+        was in for a while. The lease is renewed meanwhile, as the timer would: the recipients in
+        flight may take a while to finish, and another node must not take the letter over from a
+        node still sending it. A renewal that finds the lease lost kills the driver, and its tasks
+        with it, at once.
         """
         assert state.driver is not None
+        assert state.pool is not None
         driver = state.driver
-        every = state.args.context.settings.lease_ttl / 3
+        settings = state.args.context.settings
+        loop = asyncio.get_running_loop()
+        renew_at = loop.time() + settings.lease_ttl / 3
+        flush_at = math.inf
         while True:
+            wake_at = min(flush_at, renew_at if state.lease is not None else math.inf)
             try:
                 message = await receive(
                     lambda m: (
                         isinstance(m, RecipientsDone) or (isinstance(m, ExitMessage) and m.pid == driver)
                     ),
-                    timeout=every if state.lease is not None else None,
+                    timeout=None if math.isinf(wake_at) else max(0.0, wake_at - loop.time()),
                 )
             except TimeoutError:
-                assert state.pool is not None
-                assert state.lease is not None
-                settings = state.args.context.settings
-                try:
-                    state.lease, _ = await letters.renew_lease(
-                        state.pool, state.lease, settings.lease_duration
-                    )
-                except LeaseLostError as error:
-                    _log.warning("lease lost while stopping", letter_id=state.letter_id, holder=error.holder)
-                    state.lease = None
-                    exit(driver, KILL)
+                if loop.time() >= flush_at:
+                    flush_at = math.inf
+                    if not await state.buffer.write(state.pool):
+                        flush_at = loop.time() + state.buffer.retry_in
+                if state.lease is not None and loop.time() >= renew_at:
+                    renew_at = loop.time() + settings.lease_ttl / 3
+                    await self._renew_while_stopping(state, driver)
                 continue
-            if isinstance(message, RecipientsDone):
-                state.buffer += message.verdicts
-            else:
+            if not isinstance(message, RecipientsDone):
                 break
+            state.buffer.add(message.verdicts)
+            if len(state.buffer) >= settings.flush_size and not state.buffer.failures:
+                await state.buffer.write(state.pool)
+            if state.buffer.verdicts and math.isinf(flush_at):
+                flush_at = loop.time() + max(settings.flush_interval, state.buffer.retry_in)
         state.driver = None
+
+    async def _renew_while_stopping(self, state: _State, driver: Pid) -> None:
+        """Renew the lease of a stopping service; lost, kill the driver (and its tasks) at once."""
+        assert state.pool is not None
+        assert state.lease is not None
+        try:
+            state.lease, _ = await letters.renew_lease(
+                state.pool, state.lease, state.args.context.settings.lease_duration
+            )
+        except LeaseLostError as error:
+            _log.warning("lease lost while stopping", letter_id=state.letter_id, holder=error.holder)
+            state.lease = None
+            exit(driver, KILL)
+        except DatabaseError as error:  # Postgres is failing: the lease holds for a while yet
+            _log.warning("lease not renewed while stopping", letter_id=state.letter_id, error=str(error))
 
     async def _release(self, state: _State) -> None:
         """A clean stop: clear ``running`` and give the lease up, so another node may go on at once."""

@@ -12,7 +12,17 @@ service's mailbox (pause, cancel, progress, flushes). The driver
 3. sends the verdicts to the service in :class:`RecipientsDone` batches;
 4. holds the whole letter back while the relay is failing (a :class:`CircuitBreaker`), and waits
    for recipients backing off, between streams; it ends when nothing is pending, when the service
-   drains it (pause, cancel, stop), or when a claim is refused (the lease is gone).
+   drains it (pause, cancel, stop), or when a claim is refused (the lease is gone);
+5. claims nobody while the service cannot write outcomes (``writable`` clear: Postgres failing),
+   and rides out a claim that fails on Postgres by waiting and claiming again: the recipients in
+   flight finish meanwhile, and nobody is claimed whose outcome could not be recorded.
+
+Which rows a driver owns: exactly those it claimed (``sending`` under a claim token it holds) and
+has not yet reported. When it drains, it reports the claimed-but-not-started ones *released*, and
+its tasks still waiting for their SMTP turn withdraw theirs (see
+:mod:`~mailman.services.recipient_task`): only the messages already handed to the relay keep it
+running. Whatever it still owned when it died is recovered by the letter's next service, never by
+this one (see :mod:`~mailman.services.letter_delivery_service`).
 
 OTP counterpart: a worker linked to its GenServer, as Elixir's ``Task.async_stream`` run from a
 process the server starts; here the link is all the supervision it needs (the service traps exits
@@ -30,10 +40,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
+import structlog
 
 from mailman.services.circuit_breaker import CircuitBreaker
 from mailman.services.delivery_context import DeliveryContext, DeliverySettings
-from mailman.services.errors import ClaimRefusedError
+from mailman.services.errors import ClaimRefusedError, DatabaseError
 from mailman.services.models import ClaimedRecipient, DeliveryOutcome, LetterLease
 from mailman.services.queries import deliveries
 from mailman.services.recipient_task import RecipientTask
@@ -50,6 +61,8 @@ from mailman.supervisor import (
 )
 
 __all__ = ["REPORT_BATCH", "REPORT_DELAY", "LetterDriver", "RecipientsDone", "drive"]
+
+_log = structlog.get_logger("mailman.delivery")
 
 
 @dataclass(slots=True)
@@ -76,6 +89,8 @@ class LetterDriver:
     lease: LetterLease
     task: RecipientTask
     drain: asyncio.Event
+    writable: asyncio.Event
+    """Set while the service's writes of outcomes succeed: claims wait for it."""
 
 
 async def drive(driver: LetterDriver) -> None:
@@ -96,26 +111,11 @@ async def drive(driver: LetterDriver) -> None:
     recipients in flight finish, and the driver ends with ``{shutdown, ClaimRefusedError}`` for the
     service to find out what to do.
     """
-    service, context, letter_id, pool = driver.service, driver.context, driver.letter_id, driver.pool
-    task, drain, lease, settings = driver.task, driver.drain, driver.lease, context.settings
+    context, task, drain, settings = driver.context, driver.task, driver.drain, driver.context.settings
     breaker = CircuitBreaker(base_delay=settings.breaker_base_delay, max_delay=settings.breaker_max_delay)
-    reporter = _Reporter(service)
+    reporter = _Reporter(driver.service)
     report, report_pending = reporter.report, reporter.send_pending
-    refused: ClaimRefusedError | None = None
-
-    async def claim() -> list[ClaimedRecipient]:
-        nonlocal refused
-        report_pending()  # the claim waits on Postgres: the verdicts so far go first
-        try:
-            batch = await deliveries.claim_recipients(
-                pool, letter_id, lease=lease, limit=settings.claim_batch
-            )
-        except ClaimRefusedError as error:
-            refused, batch = error, []
-            drain.set()  # claim nobody more; the recipients in flight finish
-        if not batch:
-            breaker.release_probe()  # nothing was sent: a probe taken for this claim proves nothing
-        return batch
+    claims = _Claims(driver, breaker, reporter)
 
     async def claimed(batch: list[ClaimedRecipient]) -> AsyncIterator[ClaimedRecipient]:
         while batch:
@@ -130,20 +130,16 @@ async def drive(driver: LetterDriver) -> None:
             # Claim on without a pause while the relay is trusted; anything else ends this stream.
             if drain.is_set() or not breaker.allow_request():
                 return
-            batch = await claim()
+            batch = await claims.claim()
 
     try:
         while not drain.is_set():
             if not await _until_allowed(breaker, drain):
                 break
-            batch = await claim()
+            batch = await claims.claim()
             if not batch:
-                if drain.is_set():
-                    break  # the claim was refused, or the service drains
-                due_in = await deliveries.next_due_in(pool, letter_id)
-                if due_in is None:
-                    return  # nothing pending in Postgres: the service decides if the letter is done
-                await _wait(drain, min(max(due_in, 0.01), settings.idle_poll))
+                if drain.is_set() or not await claims.wait_for_more():
+                    break  # drained, refused, or nothing pending: the service decides what is next
                 continue
             stream = TaskSupervisor.async_stream_nolink(
                 context.tasks,
@@ -165,8 +161,8 @@ async def drive(driver: LetterDriver) -> None:
             report_pending()  # the stream has ended: a wait (or the driver's end) may follow
     finally:
         report_pending()  # sent even if the driver crashes or is killed: nothing is lost with it
-    if refused is not None:
-        raise ProcessExit(Shutdown(refused))
+    if claims.refused is not None:
+        raise ProcessExit(Shutdown(claims.refused))
 
 
 def _verdict(
@@ -183,6 +179,73 @@ def _verdict(
                 return RecipientVerdict(outcome=DeliveryOutcome.uncertain(recipient.claim, error))
             return settings.retry.transient(recipient.claim, error, task.rng)
     raise AssertionError(f"unexpected stream result {result!r}")
+
+
+class _Claims:
+    """The driver's claims of recipients, and what it does when one comes back empty."""
+
+    __slots__ = ("breaker", "database_failures", "driver", "refused", "reporter")
+
+    def __init__(self, driver: LetterDriver, breaker: CircuitBreaker, reporter: _Reporter) -> None:
+        self.driver = driver
+        self.breaker = breaker
+        self.reporter = reporter
+        self.refused: ClaimRefusedError | None = None
+        self.database_failures = 0
+
+    async def claim(self) -> list[ClaimedRecipient]:
+        """The next batch of due recipients; empty if none is due, the claim was refused (then
+        :attr:`refused`, and the driver drains), Postgres failed, or outcomes cannot be written."""
+        driver = self.driver
+        self.reporter.send_pending()  # the claim waits on Postgres: the verdicts so far go first
+        batch: list[ClaimedRecipient] = []
+        if driver.writable.is_set():  # else outcomes cannot be written: claim nobody until they can
+            try:
+                batch = await deliveries.claim_recipients(
+                    driver.pool,
+                    driver.letter_id,
+                    lease=driver.lease,
+                    limit=driver.context.settings.claim_batch,
+                )
+                self.database_failures = 0
+            except ClaimRefusedError as error:
+                self.refused = error
+                driver.drain.set()  # claim nobody more; the recipients in flight finish
+            except DatabaseError as error:
+                self._failed(error)
+        if not batch:
+            self.breaker.release_probe()  # nothing was sent: a probe taken for this claim proves nothing
+        return batch
+
+    async def wait_for_more(self) -> bool:
+        """After an empty claim: wait until a claim may find someone (True), or False when nothing
+        is pending in Postgres (the service then decides whether the letter is done)."""
+        driver, settings = self.driver, self.driver.context.settings
+        if not driver.writable.is_set():
+            await _wait_for_either(driver.drain, driver.writable)
+            return True
+        if self.database_failures:
+            backoff = min(0.1 * 2.0 ** (self.database_failures - 1), 5 * settings.idle_poll)
+            await _wait(driver.drain, backoff)
+            return True
+        try:
+            due_in = await deliveries.next_due_in(driver.pool, driver.letter_id)
+        except DatabaseError as error:
+            self._failed(error)
+            return True
+        if due_in is None:
+            return False
+        await _wait(driver.drain, min(max(due_in, 0.01), settings.idle_poll))
+        return True
+
+    def _failed(self, error: DatabaseError) -> None:
+        self.database_failures += 1
+        _log.warning(
+            "claim failed: waiting for Postgres",
+            letter_id=self.driver.letter_id,
+            failures=self.database_failures,
+            error=str(error),
+        )
 
 
 class _Reporter:
@@ -242,6 +305,16 @@ async def _until_allowed(breaker: CircuitBreaker, drain: asyncio.Event) -> bool:
 
 def _released(recipient: ClaimedRecipient) -> RecipientVerdict:
     return RecipientVerdict(outcome=DeliveryOutcome.release(recipient.claim, "released unsent at stop"))
+
+
+async def _wait_for_either(first: asyncio.Event, second: asyncio.Event) -> None:
+    """Wait until either event is set."""
+    waits = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

@@ -40,6 +40,15 @@ Rate: each send takes a token from ``rate_limiter`` once it holds a connection s
 its transaction, so the limit holds at the moment of sending (and can be changed live with
 ``pool.rate_limiter.set_rate``).
 
+Withdrawing a send: a caller may pass a :class:`SendGate`. Until the message's transaction starts
+(while the send waits for a slot, a rate token or a new connection) setting ``gate.withdrawn`` ends
+the wait at once, and the send returns :class:`~mailman.services.smtp_outcome.Withdrawn` having sent
+nothing; right before the transaction the gate is asked to ``confirm`` the send (a letter's
+recipient task checks there that the subscription is still active). Once ``MAIL FROM`` is written
+the send goes to its end: what the relay was handed is never abandoned half-way. This is how a
+letter that stops at a low rate gives its waiting recipients back at once instead of holding its
+shutdown until each gets a token.
+
 Fairness between letters: sends that wait for a connection slot queue per ``key`` (pass the letter
 id), and a freed slot goes to the keys in turn (round robin), oldest waiter first within a key. A
 letter with 10,000 queued sends and a letter with one therefore alternate: the small letter waits
@@ -65,7 +74,7 @@ from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Final
+from typing import Final, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
@@ -75,12 +84,14 @@ from mailman.services.circuit_breaker import BreakerState, CircuitBreaker
 from mailman.services.errors import MailmanError
 from mailman.services.rate_limit import TokenBucket
 from mailman.services.smtp_outcome import (
+    AttemptResult,
     Delivered,
     Permanent,
     SendResult,
     SmtpPhase,
     Transient,
     TransportFault,
+    Withdrawn,
     outcome,
 )
 from mailman.supervisor import Clock, MonotonicClock
@@ -89,6 +100,7 @@ __all__ = [
     "PoolClosedError",
     "PoolStats",
     "Security",
+    "SendGate",
     "SmtpPool",
     "SmtpUrl",
     "SmtpUrlError",
@@ -96,6 +108,8 @@ __all__ = [
 ]
 
 log = structlog.get_logger("mailman.mailer")
+
+_T = TypeVar("_T")
 
 DEFAULT_POOL_SIZE: Final = 8
 DEFAULT_MAX_MESSAGES_PER_CONNECTION: Final = 50
@@ -112,6 +126,20 @@ class SmtpUrlError(MailmanError, ValueError):
 
 class PoolClosedError(MailmanError, RuntimeError):
     """The SMTP pool was closed (its Mailer stopped): fetch the new pool from the Mailer."""
+
+
+class SendGate(Protocol):
+    """What lets a caller of :meth:`SmtpPool.send` take a message back until its transaction starts."""
+
+    @property
+    def withdrawn(self) -> asyncio.Event:
+        """Set it to end the send's wait at once: nothing is sent, the result is ``Withdrawn``."""
+        ...
+
+    async def confirm(self) -> str | None:
+        """Called once the send holds a slot and a token, right before ``MAIL FROM``: None to send,
+        or the reason not to (the result is then ``Withdrawn`` with it)."""
+        ...
 
 
 # ---------------------------------------------------------------- URLs
@@ -228,7 +256,7 @@ class _Connection:
 class _ConnectFailed(Exception):
     """Opening a connection failed with ``result`` (internal: ``send`` returns the result)."""
 
-    def __init__(self, result: SendResult) -> None:
+    def __init__(self, result: AttemptResult) -> None:
         super().__init__(result)
         self.result = result
 
@@ -319,13 +347,20 @@ class SmtpPool:
         self._max_messages = count
 
     async def send(
-        self, envelope_from: str, recipient: str, message: bytes, *, key: Hashable = None
+        self,
+        envelope_from: str,
+        recipient: str,
+        message: bytes,
+        *,
+        key: Hashable = None,
+        gate: SendGate | None = None,
     ) -> SendResult:
         """Send ``message`` (complete, with headers) to ``recipient`` with ``envelope_from`` as sender.
 
         ``envelope_from`` may be ``""`` (the null sender ``<>``). ``key`` groups the sends of one
-        letter for fair turns between letters. Returns the outcome; raises only for misuse
-        (``ValueError`` / ``TypeError``) and :class:`PoolClosedError`.
+        letter for fair turns between letters. ``gate`` lets the caller withdraw the send until its
+        transaction starts (see the module documentation). Returns the outcome; raises only for
+        misuse (``ValueError`` / ``TypeError``) and :class:`PoolClosedError`.
         """
         _check_envelope_address(envelope_from, "envelope_from", allow_empty=True)
         _check_envelope_address(recipient, "recipient", allow_empty=False)
@@ -345,12 +380,15 @@ class SmtpPool:
                     why = "circuit half-open after transport faults: waiting for the probe's verdict"
                 return TransportFault(None, why, SmtpPhase.CONNECT)
         try:
-            await self._acquire_slot(key)
-            try:
-                await self.rate_limiter.acquire()
-                result = await self._send(envelope_from, recipient, data)
-            finally:
-                self._release_slot()
+            if gate is not None and gate.withdrawn.is_set():
+                result: SendResult = Withdrawn("withdrawn before its turn")
+            elif not await self._take_turn(key, gate):
+                result = Withdrawn("withdrawn while waiting for a connection slot or a rate token")
+            else:
+                try:
+                    result = await self._send(envelope_from, recipient, data, gate)
+                finally:
+                    self._release_slot()
         except BaseException:
             if probe and breaker is not None:
                 breaker.release_probe()
@@ -373,6 +411,30 @@ class SmtpPool:
         await asyncio.gather(*(self._quit(connection) for connection in idle))
 
     # ---------------------------------------------------------------- slots (fair queueing)
+
+    async def _take_turn(self, key: Hashable, gate: SendGate | None) -> bool:
+        """Wait for a connection slot, then a rate token: True with the slot held, or False (no slot
+        held) if ``gate`` was withdrawn first. Nothing to wait for costs no extra task."""
+        if gate is None or (
+            self._busy < self._size and not self._waiters and self.rate_limiter.try_acquire()
+        ):
+            if gate is not None:  # the slot is free and the token taken: no wait at all
+                self._busy += 1
+                return True
+            await self._acquire_slot(key)
+            try:
+                await self.rate_limiter.acquire()
+            except BaseException:
+                self._release_slot()
+                raise
+            return True
+        turn = asyncio.ensure_future(self._take_turn(key, None))
+        try:
+            return await _unless_withdrawn(turn, gate)
+        except BaseException:
+            if turn.done() and not turn.cancelled() and turn.exception() is None:
+                self._release_slot()  # our caller was cancelled just as the turn came
+            raise
 
     async def _acquire_slot(self, key: Hashable) -> None:
         if self._busy < self._size and not self._waiters:
@@ -416,12 +478,21 @@ class SmtpPool:
 
     # ---------------------------------------------------------------- connections
 
-    async def _send(self, envelope_from: str, recipient: str, data: bytes) -> SendResult:
+    async def _send(
+        self, envelope_from: str, recipient: str, data: bytes, gate: SendGate | None
+    ) -> SendResult:
         for attempt in (1, 2):
             try:
-                connection = await self._checkout()
+                connection = await self._checkout(gate)
             except _ConnectFailed as failure:
                 return failure.result
+            if connection is None:
+                return Withdrawn("withdrawn while a connection was being opened")
+            if gate is not None and attempt == 1:
+                reason = await gate.confirm()
+                if reason is not None:
+                    await self._checkin(connection, reusable=True)
+                    return Withdrawn(reason)
             reused = connection.messages > 0
             try:
                 result, reusable = await self._transact(connection, envelope_from, recipient, data)
@@ -441,14 +512,25 @@ class SmtpPool:
             log.debug("smtp.stale_connection", url=str(self.url), code=result.code, reply=result.reply)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _checkout(self) -> _Connection:
+    async def _checkout(self, gate: SendGate | None = None) -> _Connection | None:
+        """An idle connection, or a new one; None if ``gate`` was withdrawn while it was opened."""
         now = self._clock.monotonic()
         while self._idle:
             connection = self._idle.pop()
             if connection.client.is_connected and now - connection.idle_since < self._idle_timeout:
                 return connection
             self._discard(connection)
-        return await self._connect()
+        if gate is None:
+            return await self._connect()
+        connecting = asyncio.ensure_future(self._connect())
+        try:
+            if await _unless_withdrawn(connecting, gate):
+                return connecting.result()
+        except BaseException:
+            if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+                self._discard(connecting.result())  # our caller was cancelled as it connected
+            raise
+        return None
 
     async def _checkin(self, connection: _Connection, *, reusable: bool) -> None:
         if not reusable:
@@ -499,7 +581,7 @@ class SmtpPool:
 
     async def _transact(
         self, connection: _Connection, envelope_from: str, recipient: str, data: bytes
-    ) -> tuple[SendResult, bool]:
+    ) -> tuple[AttemptResult, bool]:
         """One mail transaction; the result, and whether the connection can carry another."""
         client = connection.client
         timeout = self._timeout
@@ -556,7 +638,9 @@ class SmtpPool:
             connection.reply_due = math.inf
         return self._finished(connection, reply)
 
-    def _finished(self, connection: _Connection, reply: aiosmtplib.SMTPResponse) -> tuple[SendResult, bool]:
+    def _finished(
+        self, connection: _Connection, reply: aiosmtplib.SMTPResponse
+    ) -> tuple[AttemptResult, bool]:
         """The outcome of a transaction that got its end-of-DATA reply."""
         client = connection.client
         self._messages_sent += 1
@@ -572,7 +656,7 @@ class SmtpPool:
 
     async def _failed(
         self, connection: _Connection, error: Exception, phase: SmtpPhase
-    ) -> tuple[SendResult, bool]:
+    ) -> tuple[AttemptResult, bool]:
         """The outcome of a transaction that failed in ``phase``, and whether the connection lives on."""
         client = connection.client
         if connection.timed_out:
@@ -585,7 +669,7 @@ class SmtpPool:
             connection.messages += 1
         return result, await self._after_failure(client, result, phase)
 
-    async def _after_failure(self, client: aiosmtplib.SMTP, result: SendResult, phase: SmtpPhase) -> bool:
+    async def _after_failure(self, client: aiosmtplib.SMTP, result: AttemptResult, phase: SmtpPhase) -> bool:
         code = result.code
         if code is None or code == 421 or not client.is_connected:
             client.close()
@@ -638,7 +722,7 @@ class SmtpPool:
 # ---------------------------------------------------------------- translation and helpers
 
 
-def _failure(exc: Exception, phase: SmtpPhase) -> SendResult:
+def _failure(exc: Exception, phase: SmtpPhase) -> AttemptResult:
     """The result for an exception raised by aiosmtplib (or the socket under it) in ``phase``.
 
     Decided from the exception's type and SMTP code, never from its text.
@@ -673,6 +757,28 @@ def _describe(exc: BaseException) -> str:
     if cause is not None and str(cause) and str(cause) not in text:
         text = f"{text} ({cause})"
     return text or type(exc).__name__
+
+
+async def _unless_withdrawn(work: asyncio.Future[_T], gate: SendGate) -> bool:
+    """Wait for ``work`` unless ``gate`` is withdrawn first: True once ``work`` is done (its result
+    is then there to take, its exception raised here), False once it was cancelled for the gate.
+
+    ``work`` must undo what it half did when cancelled (release a slot, close a socket). If it
+    finished in the same turn as the gate was withdrawn, it counts as done: the caller then holds
+    what it got and may still decline to use it.
+    """
+    withdrawn = asyncio.ensure_future(gate.withdrawn.wait())
+    try:
+        await asyncio.wait((work, withdrawn), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        withdrawn.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.wait((work,))  # let it unwind: what it held is given back before we go on
+    if work.cancelled():
+        return False
+    work.result()
+    return True
 
 
 def _report(breaker: CircuitBreaker, result: SendResult, *, probe: bool) -> None:

@@ -145,6 +145,10 @@ class Letter:
     if ``lease_expires_at`` has passed. None when no node holds it (see :class:`LetterLease`)."""
     lease_expires_at: datetime | None = None
     """When that lease ends unless renewed, by the database's clock."""
+    message_domain: str | None = None
+    """The right-hand side of the letter's Message-IDs, fixed once for the letter (at creation by
+    the daemon, or when its sending first starts) so that a resend carries the first copy's
+    Message-ID on any node. None until then."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -226,6 +230,8 @@ class ClaimedRecipient:
 
     ``status`` is the subscription's status at claim time: it may have left ``ACTIVE`` since the
     audience was fixed (an unsubscribe mid-send), in which case the recipient is to be skipped.
+    ``claimed_at`` is when (the event loop's monotonic clock): a recipient whose turn to be sent
+    comes long after its claim has its subscription read again first.
     """
 
     claim: ClaimedDelivery
@@ -233,6 +239,7 @@ class ClaimedRecipient:
     name: str
     status: SubscriptionStatus
     unsubscribe_token: str
+    claimed_at: float = 0.0
 
 
 _OUTCOME_STATES = frozenset(

@@ -85,7 +85,10 @@ class TokenBucket:
             self._changed.set_result(None)
 
     def try_acquire(self) -> bool:
-        """Take a token if one is available now, without waiting."""
+        """Take a token if one is available now and nobody is waiting for one, without waiting."""
+        return not self._lock.locked() and self._take()
+
+    def _take(self) -> bool:
         if math.isinf(self._rate):
             return True
         self._refill()
@@ -105,7 +108,7 @@ class TokenBucket:
         """Wait for a token and take it. Callers are served in the order they called."""
         # asyncio.Lock is FIFO and does not let a newcomer overtake a woken waiter.
         async with self._lock:
-            while not self.try_acquire():
+            while not self._take():
                 await self._wait(self.time_until_available())
 
     def _refill(self) -> None:

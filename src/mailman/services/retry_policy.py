@@ -12,6 +12,8 @@ A pure function of the SMTP result, the attempt count and the policy: no process
   failed (dead-lettered) with the last reply, retryable by command.
 - ``TransportFault`` (authentication, 5xx on MAIL FROM, connection refused): the relay is at fault,
   not the recipient; the attempt is given back and the letter's circuit breaker holds it.
+- ``Withdrawn`` (the letter stopped while the send waited for its turn): nothing was sent; the
+  recipient is released, pending again with its attempt given back.
 - Under the ``hold`` policy, an attempt whose fate is unknowable (no reply after the final dot, a
   recipient task killed mid-send) is ``uncertain``: held for an operator, never resent.
 
@@ -30,7 +32,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from mailman.services.models import ClaimedDelivery, DeliveryOutcome, SentEmail
-from mailman.services.smtp_outcome import Delivered, Permanent, SendResult, Transient, TransportFault
+from mailman.services.smtp_outcome import (
+    Delivered,
+    Permanent,
+    SendResult,
+    Transient,
+    TransportFault,
+    Withdrawn,
+)
 
 __all__ = ["RecipientVerdict", "RetryPolicy"]
 
@@ -107,6 +116,9 @@ class RetryPolicy:
                 return RecipientVerdict(
                     outcome=DeliveryOutcome.release(claim, _describe(code, reply)), transport_fault=True
                 )
+            case Withdrawn(reason=reason):
+                # Nothing reached the relay: the recipient waits for the letter's next sender.
+                return RecipientVerdict(outcome=DeliveryOutcome.release(claim, f"released unsent: {reason}"))
 
     def transient(self, claim: ClaimedDelivery, error: str, rng: random.Random) -> RecipientVerdict:
         """A failure worth another try, unless this was the last attempt allowed."""

@@ -13,6 +13,9 @@ An attempt to send one message ends in one of four ways:
   would fail the same way: a refused or timed-out connection, a 5xx to the greeting, EHLO,
   STARTTLS, AUTH (bad credentials) or MAIL FROM. A circuit breaker holds the whole letter.
 
+A send can also end without an attempt: :class:`Withdrawn`, when its caller took it back before the
+transaction started (a letter that stops gives back the recipients still waiting for their turn).
+
 The decision is made from the reply code and the phase only, never from the reply text: texts differ
 between servers and languages, codes do not. The one structured part of a text that is used is the
 RFC 3463 enhanced status code (``5.1.1``) at its start, see :func:`is_user_unknown`.
@@ -52,6 +55,7 @@ from typing import Final, NamedTuple, TypeAlias
 __all__ = [
     "TRANSIENT_CODES",
     "USER_UNKNOWN_CODES",
+    "AttemptResult",
     "Delivered",
     "EnhancedStatus",
     "OutcomeKind",
@@ -60,6 +64,7 @@ __all__ = [
     "SmtpPhase",
     "Transient",
     "TransportFault",
+    "Withdrawn",
     "classify",
     "enhanced_status",
     "is_user_unknown",
@@ -210,11 +215,23 @@ class TransportFault:
     phase: SmtpPhase | None = None
 
 
-SendResult: TypeAlias = Delivered | Transient | Permanent | TransportFault
+@dataclass(frozen=True, slots=True)
+class Withdrawn:
+    """Nothing was sent: the caller withdrew the message before its transaction started (while it
+    waited for a connection slot, a rate token or a connection, or when asked to confirm it);
+    ``reason`` says why. Not an SMTP outcome: the relay never saw the message."""
+
+    reason: str
+
+
+AttemptResult: TypeAlias = Delivered | Transient | Permanent | TransportFault
+"""How an SMTP attempt ended: the four outcomes the module documentation classifies."""
+
+SendResult: TypeAlias = AttemptResult | Withdrawn
 """What :meth:`mailman.services.mailer.SmtpPool.send` returns; match on it with ``case``."""
 
 
-def outcome(code: int | None, reply: str, phase: SmtpPhase) -> SendResult:
+def outcome(code: int | None, reply: str, phase: SmtpPhase) -> AttemptResult:
     """The result of an attempt that ended with ``code`` and ``reply`` in ``phase``."""
     match classify(code, phase):
         case OutcomeKind.DELIVERED:

@@ -28,6 +28,7 @@ old holder cannot claim again. It then gets :class:`~mailman.services.errors.Cla
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import asyncpg
@@ -426,6 +427,7 @@ async def claim_recipients(
     rows = await executor.fetch(CLAIM_RECIPIENTS, letter_id, limit, lease.token)
     if not rows:
         await _check_fence(executor, lease)
+    claimed_at = asyncio.get_running_loop().time()
     return [
         ClaimedRecipient(
             claim=ClaimedDelivery(
@@ -437,6 +439,7 @@ async def claim_recipients(
             name=row["name"],
             status=SubscriptionStatus(row["status"]),
             unsubscribe_token=row["unsubscribe_token"],
+            claimed_at=claimed_at,
         )
         for row in rows
     ]

@@ -36,10 +36,12 @@ from mailman.services.models import Letter, LetterLease, LetterStatus, Uncertain
 __all__ = [
     "acquire_lease",
     "create_letter",
+    "fix_message_domain",
     "get_letter",
     "letters_due",
     "letters_to_take_over",
     "lock_lease",
+    "lock_letter",
     "release_lease",
     "renew_lease",
     "schedule_letter",
@@ -50,12 +52,12 @@ __all__ = [
 # mail_order is read as text and written from text (see mailman.services.database), so these
 # queries do not depend on a jsonb codec being registered on the connection.
 LETTER_COLUMNS = """id, newsletter_id, subject, text_body, html_body, status, send_at, uncertain_policy,
-mail_order::text AS mail_order, created_at, updated_at, owner_node, lease_expires_at"""
+mail_order::text AS mail_order, created_at, updated_at, owner_node, lease_expires_at, message_domain"""
 """What every query that returns letters selects: the columns ``_letter_from_row`` reads."""
 
 INSERT_LETTER = f"""
-INSERT INTO letters (newsletter_id, subject, text_body, html_body, uncertain_policy)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO letters (newsletter_id, subject, text_body, html_body, uncertain_policy, message_domain)
+VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING {LETTER_COLUMNS}
 """
 
@@ -102,11 +104,19 @@ LIMIT $1
 
 # Served by letters_sending_idx. "Or this node": at boot, the letters a previous run of this node
 # (same node_name) left sending, whose lease it still holds; later, ones whose service is gone.
+# Paused and cancelled letters whose holder died without releasing them are taken too (a sender
+# stops cleanly only by releasing): their service recovers the rows that holder left 'sending'.
 SELECT_TO_TAKE_OVER = f"""
 SELECT {LETTER_COLUMNS}
 FROM letters
 WHERE status = 'sending'
   AND (owner_node IS NULL OR owner_node = $1 OR lease_expires_at <= now())
+UNION ALL
+SELECT {LETTER_COLUMNS}
+FROM letters
+WHERE status IN ('paused', 'cancelled')
+  AND owner_token IS NOT NULL
+  AND (owner_node = $1 OR lease_expires_at <= now())
 ORDER BY id
 """
 
@@ -160,6 +170,23 @@ RETURNING id
 
 SELECT_OWNER = "SELECT owner_node FROM letters WHERE id = $1"
 
+# The letter's row locked for the caller's transaction, whoever holds its lease: what the commands
+# that race the letter's sender (retry, and the sender's own settling) agree through.
+LOCK_LETTER = f"""
+SELECT {LETTER_COLUMNS}, owner_token IS NOT NULL AND lease_expires_at > now() AS leased
+FROM letters
+WHERE id = $1
+FOR NO KEY UPDATE
+"""
+
+# The first domain fixed wins: every later call, on any node, gets that one back.
+FIX_MESSAGE_DOMAIN = """
+UPDATE letters
+SET message_domain = COALESCE(message_domain, $2)
+WHERE id = $1
+RETURNING message_domain
+"""
+
 
 @translate_errors
 async def create_letter(
@@ -170,10 +197,22 @@ async def create_letter(
     text_body: str,
     html_body: str | None = None,
     uncertain_policy: UncertainPolicy = UncertainPolicy.RESEND,
+    message_domain: str | None = None,
 ) -> Letter:
-    """Create a draft letter; NotFoundError if the newsletter does not exist."""
+    """Create a draft letter; NotFoundError if the newsletter does not exist.
+
+    ``message_domain`` fixes the right-hand side of the letter's Message-IDs now (the daemon passes
+    its setting); None leaves it to be fixed when the letter's sending first starts
+    (:func:`fix_message_domain`).
+    """
     row = await executor.fetchrow(
-        INSERT_LETTER, newsletter_id, subject, text_body, html_body, UncertainPolicy(uncertain_policy).value
+        INSERT_LETTER,
+        newsletter_id,
+        subject,
+        text_body,
+        html_body,
+        UncertainPolicy(uncertain_policy).value,
+        message_domain,
     )
     assert row is not None
     return _letter_from_row(row)
@@ -250,7 +289,9 @@ async def letters_due(executor: Executor, *, limit: int = 100) -> list[Letter]:
 async def letters_to_take_over(executor: Executor, node: str) -> list[Letter]:
     """Letters sending that ``node`` may take: held by nobody, by ``node`` itself, or by an expired lease.
 
-    Those whose lease another node holds and renews are left out: that node is sending them.
+    Those whose lease another node holds and renews are left out: that node is sending them. Also
+    letters paused or cancelled whose lease is still held by ``node`` or expired: their sender died
+    before it could stop cleanly, and rows it had in flight wait to be recovered.
     """
     return [_letter_from_row(row) for row in await executor.fetch(SELECT_TO_TAKE_OVER, node)]
 
@@ -327,6 +368,35 @@ async def release_lease(
         raise await _lost(executor, lease)
 
 
+@translate_errors
+async def lock_letter(connection: Connection, letter_id: int) -> tuple[Letter, bool]:
+    """Inside the caller's transaction: lock the letter's row; the letter, and whether a node holds a
+    live lease on it (is sending it).
+
+    The row stays locked until the transaction ends. Every change that must not interleave with the
+    letter's sender settling it (a retry of failed recipients; the sender's own count-then-finish,
+    through :func:`lock_lease`) takes this lock first, so one of them sees the other's effect whole.
+    Raises NotFoundError when the letter does not exist.
+    """
+    row = await connection.fetchrow(LOCK_LETTER, letter_id)
+    if row is None:
+        raise NotFoundError("letter", letter_id)
+    return _letter_from_row(row), bool(row["leased"])
+
+
+@translate_errors
+async def fix_message_domain(executor: Executor, letter_id: int, domain: str) -> str:
+    """Fix the letter's Message-ID domain to ``domain`` unless one is fixed already; the one in force.
+
+    A letter's Message-IDs must be the same on every node and across any change of settings, so
+    that a resent message carries the Message-ID of the first copy. NotFoundError if no such letter.
+    """
+    fixed: str | None = await executor.fetchval(FIX_MESSAGE_DOMAIN, letter_id, domain)
+    if fixed is None:
+        raise NotFoundError("letter", letter_id)
+    return fixed
+
+
 def _check_ttl(ttl: timedelta) -> None:
     if ttl <= timedelta(0):
         raise ValueError(f"expected a positive ttl, got {ttl!r}")
@@ -352,4 +422,5 @@ def _letter_from_row(row: asyncpg.Record) -> Letter:
         updated_at=row["updated_at"],
         owner_node=row["owner_node"],
         lease_expires_at=row["lease_expires_at"],
+        message_domain=row["message_domain"],
     )
