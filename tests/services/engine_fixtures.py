@@ -25,6 +25,7 @@ held end-of-DATA replies, so that a test acts while a known set of messages is i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -43,7 +44,20 @@ from mailman.services.models import Letter, LetterStatus, NewSubscriber, Uncerta
 from mailman.services.queries import letters, newsletters, subscriptions
 from mailman.services.retry_policy import RetryPolicy
 from mailman.services.scheduler import Scheduler, SchedulerArgs
-from mailman.supervisor import EventName, GenServer, Pid, Supervisor, attach, await_exit, detach, is_alive
+from mailman.supervisor import (
+    KILL,
+    ChildNotFoundError,
+    DynamicSupervisor,
+    EventName,
+    GenServer,
+    Pid,
+    Supervisor,
+    attach,
+    await_exit,
+    detach,
+    exit,
+    is_alive,
+)
 from tests.services.smtp_sink import Hold, ReceivedMessage, SmtpSink
 
 FAST_RETRY = RetryPolicy(max_attempts=5, base_delay=0.0, max_delay=0.0)
@@ -155,6 +169,29 @@ class Engine:
             "SELECT id, email FROM subscriptions WHERE newsletter_id = $1", self.newsletter_id
         )
         return {row["id"]: row["email"] for row in rows}
+
+
+async def kill_node(node: Engine) -> None:
+    """Kill the node as SIGKILL would, as far as its letters can tell.
+
+    Its Scheduler goes first (it holds no letter state; left running, it would take its own letters
+    back). Then every letter's service and LetterSupervisor are killed in one go, before any of them
+    can run again: no terminate, so no flush, no release of the lease, ``running`` left set. Only
+    then is the rest of the tree stopped, closing its database pool and SMTP connections.
+    """
+    assert node.tree is not None
+    with contextlib.suppress(ChildNotFoundError):
+        await Supervisor.terminate_child(node.tree, "scheduler")
+    victims: list[Pid] = []
+    for child in await DynamicSupervisor.which_children(node.context.dispatcher):
+        assert isinstance(child.pid, Pid)
+        victims += [c.pid for c in await Supervisor.which_children(child.pid) if isinstance(c.pid, Pid)]
+        victims.append(child.pid)
+    for pid in victims:  # no await in this loop: none of them runs again
+        exit(pid, KILL)
+    for pid in victims:
+        await await_exit(pid)
+    await node.stop()
 
 
 def received(sink: SmtpSink) -> Counter[str]:

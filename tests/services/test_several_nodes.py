@@ -15,7 +15,6 @@ and SMTP connections closed). What it leaves in Postgres is exactly what a dead 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 import pytest
@@ -27,17 +26,13 @@ from mailman.services.message import message_id
 from mailman.services.models import LetterStatus, UncertainPolicy
 from mailman.services.queries import deliveries, letters
 from mailman.supervisor import (
-    KILL,
     NORMAL,
-    ChildNotFoundError,
     DynamicSupervisor,
     GenServer,
     Pid,
     Registry,
     Restart,
-    Supervisor,
     await_exit,
-    exit,
     whereis,
 )
 from tests.services.engine_fixtures import (
@@ -47,6 +42,7 @@ from tests.services.engine_fixtures import (
     EngineFactory,
     eventually,
     hold_replies,
+    kill_node,
     message_ids,
     received,
     while_draining,
@@ -68,29 +64,6 @@ async def start_nodes(engine_factory: EngineFactory, **a_settings: Any) -> tuple
 
 def node_name(node: Engine) -> str:
     return node.context.settings.node_name
-
-
-async def kill_node(node: Engine) -> None:
-    """Kill the node as SIGKILL would, as far as its letters can tell.
-
-    Its Scheduler goes first (it holds no letter state; left running, it would take its own letters
-    back). Then every letter's service and LetterSupervisor are killed in one go, before any of them
-    can run again: no terminate, so no flush, no release of the lease, ``running`` left set. Only
-    then is the rest of the tree stopped, closing its database pool and SMTP connections.
-    """
-    assert node.tree is not None
-    with contextlib.suppress(ChildNotFoundError):
-        await Supervisor.terminate_child(node.tree, "scheduler")
-    victims: list[Pid] = []
-    for child in await DynamicSupervisor.which_children(node.context.dispatcher):
-        assert isinstance(child.pid, Pid)
-        victims += [c.pid for c in await Supervisor.which_children(child.pid) if isinstance(c.pid, Pid)]
-        victims.append(child.pid)
-    for pid in victims:  # no await in this loop: none of them runs again
-        exit(pid, KILL)
-    for pid in victims:
-        await await_exit(pid)
-    await node.stop()
 
 
 async def freeze_mid_send(node: Engine, letter_id: int) -> frozenset[str]:

@@ -38,7 +38,10 @@ from mailman.services.queries import letters
 from mailman.services.repo import Repo
 from mailman.supervisor import (
     AutoShutdown,
+    CallExitError,
+    CallTimeoutError,
     DynamicSupervisor,
+    NoProcessError,
     Pid,
     Registry,
     Restart,
@@ -46,6 +49,7 @@ from mailman.supervisor import (
     Strategy,
     Supervisor,
     SupervisorSpec,
+    await_exit,
     whereis,
 )
 
@@ -93,7 +97,11 @@ class LetterDeliveryDispatcher(DynamicSupervisor):
         via = Registry.via(context.letters, letter_id)
         running = whereis(via)
         if running is not None:
-            return running
+            if await _joins(running):
+                return running
+            # It is ending (it settled the letter, or stops as asked): a send or retry that came
+            # meanwhile needs a service of its own, which starts once the name is free.
+            await await_exit(running)
         settings = context.settings
         pool = await Repo.pool(context.repo)
         await letters.acquire_lease(pool, letter_id, node=settings.node_name, ttl=settings.lease_duration)
@@ -112,3 +120,13 @@ class LetterDeliveryDispatcher(DynamicSupervisor):
     def running(context: DeliveryContext, letter_id: int) -> Pid | None:
         """The service sending ``letter_id``, if one is running."""
         return whereis(Registry.via(context.letters, letter_id))
+
+
+async def _joins(service: Pid) -> bool:
+    """Whether ``service`` goes on sending (see :meth:`LetterDeliveryService.join`)."""
+    try:
+        return await LetterDeliveryService.join(service)
+    except (NoProcessError, CallExitError):
+        return False
+    except CallTimeoutError:
+        return True  # busy for a minute (a long load): it is sending, not stopping

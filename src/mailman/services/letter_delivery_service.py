@@ -146,6 +146,10 @@ class _Progress:
     __slots__ = ()
 
 
+class _Join:
+    __slots__ = ()
+
+
 class _Renew:
     __slots__ = ()
 
@@ -205,6 +209,15 @@ class LetterDeliveryService(GenServer[_State]):
         """As :meth:`pause`, but the letter ends ``cancelled``."""
         status: LetterStatus | None = await GenServer.call(server, _Cancel(), timeout=60.0)
         return status
+
+    @staticmethod
+    async def join(server: Pid) -> bool:
+        """Whether the service goes on sending its letter (so that a new send may join it): False
+        when it is stopping (paused, cancelled, or being stopped) and a new service must take over
+        once it has ended. A service that already settled the letter stops without answering:
+        :class:`~mailman.supervisor.CallExitError` (or NoProcessError), which means the same."""
+        going_on: bool = await GenServer.call(server, _Join(), timeout=60.0)
+        return going_on
 
     @staticmethod
     async def progress(server: Pid) -> dict[str, int]:
@@ -313,6 +326,8 @@ class LetterDeliveryService(GenServer[_State]):
                 if state.drain is not None:
                     state.drain.set()
                 return NoReply(state)
+            case _Join():
+                return Reply(state.stopping is None and state.lease is not None, state)
             case _Progress():
                 return Reply({"buffered": len(state.buffer), "sent": state.buffer.sent}, state)
         raise ValueError(f"unexpected request {request!r}")
