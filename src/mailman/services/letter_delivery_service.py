@@ -7,28 +7,62 @@ with the deliveries map persisted in Postgres rather than held in memory:
 
 - ``init`` is fast (it traps exits, so that ``terminate`` can flush on shutdown) and asks for a
   ``handle_continue``, which loads the letter: fixes its audience in one transaction (first start),
-  or recovers it (a restart: rows left ``sending`` are ``uncertain``, then resent with the same
-  Message-ID or held, by the letter's policy).
+  or recovers it (rows left ``sending`` are ``uncertain``, then resent with the same Message-ID or
+  held, by the letter's policy).
 - A *driver* process, linked to the service, claims recipients in small batches
   (``pending -> sending``, one statement) and runs them through
   ``TaskSupervisor.async_stream_nolink`` with bounded concurrency. Each result comes back to the
-  service as a message; the service folds it into its buffer of outcomes and writes them to
-  Postgres in batches (every ``flush_size`` outcomes or ``flush_interval`` seconds), and once more
-  in ``terminate``.
-- When the driver runs out of due recipients it ends; the service flushes and counts. Only when no
+  service as a message; the service folds it into its :class:`OutcomeBuffer` and writes them to
+  Postgres in batches (every ``flush_size`` outcomes or ``flush_interval`` seconds, while sending
+  and while stopping alike). A failed write keeps the batch and is tried again; meanwhile the
+  driver claims nobody.
+- When the driver runs out of due recipients it ends; the service flushes and settles. Only when no
   recipient is pending or sending is the letter ``sent`` (a "no more rows" read is never taken for
   completion); otherwise a new driver waits for the next recipient to come due.
-- ``pause`` and ``cancel`` are deferred calls: the driver stops claiming, the tasks in flight
-  finish, everything is flushed, then the caller gets its reply and the service stops ``normal``.
+- ``pause`` and ``cancel`` are deferred calls: the driver stops claiming, the recipients still
+  waiting for their SMTP turn are given back at once, the messages already handed to the relay
+  finish, everything is written, then the caller gets its reply and the service stops ``normal``.
+  A shutdown does the same, within ``stop_budget`` (``task_timeout`` plus time to write).
+
+The invariant: who owns a row ``sending``
+------------------------------------------
+A row is ``sending`` from its claim until its outcome is written. It is owned by the driver that
+claimed it, under the claim token in its ``lease_token`` column, and by nobody else: that driver's
+verdict is the only write that can move it on (acks are fenced by the token). A driver lives only
+inside the service that started it, and that service only while it holds the letter's lease. So:
+
+1. **Recovery is decided by the rows, not by a flag.** Every service that takes a letter that may
+   have been sent before (sending, paused or cancelled: a restart, a takeover, a resume, a retry, a
+   boot) recovers every row ``sending`` before it claims anything: it has no driver yet, so each of
+   those rows belongs to a sender that died and will never acknowledge it. (Before, a
+   ``mail_order.running`` flag decided, and three commands cleared it without recovering.)
+2. **Nothing writes the letter's bookkeeping outside the lease.** The service writes its status,
+   ``mail_order`` and recovery in transactions that first lock the lease
+   (:func:`letters.lock_lease`). The commands that race it go through the same row lock:
+   :func:`~mailman.services.letter_commands.retry_failed` takes it (:func:`letters.lock_letter`) and
+   changes the letter's status and summary only when no node holds the lease (sent or failed); the
+   service counts its rows and marks the letter ``sent`` in one transaction under that lock, so no
+   retry lands between the count and the status change. A pause or cancel from another node is one
+   compare-and-set of the status, which the next settling or renewal reads under the lock.
+3. **A stop writes what it knows and gives back what it never started.** Outcomes are written as
+   they come, never only in ``terminate``; a recipient given back is ``pending`` with its attempt
+   refunded. Only a kill (or a stop past its budget) leaves rows ``sending``, and point 1 recovers
+   them.
 
 Crash accounting: ``mail_order.running`` holds the daemon run (``DeliverySettings.incarnation``)
-while a service runs, and is cleared when it stops for an expected reason. A service that finds it
-still set knows its predecessor crashed or was killed and recovers; if that predecessor ran in this
-same daemon run, the letter's sender crashed, and a restart is counted in ``mail_order.restarts``
-(past ``max_letter_restarts`` the letter ends ``failed`` with the reason). A predecessor of an
-earlier run, or of another node, died with its whole daemon: not the letter's fault, not counted.
-Each letter runs under its own :class:`LetterSupervisor`, so a letter that crash-loops never trips
-the dispatcher's restart intensity for the others.
+while a service runs, and is cleared when it stops for an expected reason. It only counts crashes
+now (recovery does not depend on it): a service that finds it set to this same daemon run knows the
+letter's sender crashed here, and a restart is counted in ``mail_order.restarts`` (past
+``max_letter_restarts`` the letter ends ``failed`` with the reason, its rows in flight
+``uncertain``; a retry sends it on). A predecessor of an earlier run, or of another node, died with
+its whole daemon: not the letter's fault, not counted. Each letter runs under its own
+:class:`LetterSupervisor`, so a letter that crash-loops never trips the dispatcher's restart
+intensity for the others.
+
+The letter's Message-IDs use the domain fixed for the letter (``letters.message_domain``, at its
+creation by the daemon or its first load), never the node's current setting: a resend after a
+takeover by a node configured otherwise, or after a change of settings, carries the first copy's
+Message-ID.
 
 Several daemons on one database (guarantee 5): a letter is driven by the node that holds its
 *lease* (:class:`~mailman.services.models.LetterLease`, in the letter's row):
@@ -48,9 +82,10 @@ Several daemons on one database (guarantee 5): a letter is driven by the node th
 - A clean stop (sent, paused, cancelled, a shutdown) releases the lease in the statement that
   clears ``running``, so that another node may resume the letter at once. A crash keeps it: the
   LetterSupervisor restarts the service on this node, which takes its own lease again.
-- The node that takes over a letter whose holder died finds ``running`` set, since the dead node
-  did not stop cleanly: it recovers the rows left ``sending`` as after any crash (uncertain, then
-  resent with the same Message-ID or held, by the policy), without counting a restart of the letter.
+- The node that takes over a letter whose holder died recovers the rows left ``sending`` as after
+  any crash (uncertain, then resent with the same Message-ID or held, by the policy), without
+  counting a restart of the letter. A letter paused or cancelled from elsewhere whose holder died
+  before it stopped is taken over too, only to recover its rows and let it go.
 
 Example::
 
