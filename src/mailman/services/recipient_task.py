@@ -36,6 +36,7 @@ import random
 from dataclasses import dataclass
 
 from mailman.services.database import Executor
+from mailman.services.errors import DatabaseError
 from mailman.services.mailer import SmtpPool
 from mailman.services.message import LetterTemplate, RecipientError
 from mailman.services.models import ClaimedRecipient, DeliveryOutcome, SubscriptionStatus
@@ -113,9 +114,14 @@ class _RecipientGate:
             return None
         if asyncio.get_running_loop().time() - self.recipient.claimed_at < task.recheck_after:
             return None  # claimed moments ago, with the subscription's status of then
-        subscription = await subscriptions.get_subscription(
-            task.database, self.recipient.claim.subscription_id
-        )
+        try:
+            subscription = await subscriptions.get_subscription(
+                task.database, self.recipient.claim.subscription_id
+            )
+        except DatabaseError:
+            # Postgres is failing: go by the status read at the claim (an unsubscribe cannot be
+            # recorded meanwhile either) rather than fail a send that has its turn.
+            return None
         if subscription.status is SubscriptionStatus.ACTIVE:
             return None
         self.inactive = subscription.status
