@@ -26,7 +26,14 @@ from mailman.services.mailer import (
 )
 from mailman.services.mailer_server import MAX_POOL_SIZE, Mailer, MailerConfig, MailerSettings, pool_size_for
 from mailman.services.rate_limit import TokenBucket
-from mailman.services.smtp_outcome import Delivered, Permanent, SmtpPhase, Transient, TransportFault
+from mailman.services.smtp_outcome import (
+    Delivered,
+    Permanent,
+    SmtpPhase,
+    Transient,
+    TransportFault,
+    Withdrawn,
+)
 
 if TYPE_CHECKING:
     from tests.services.smtp_fixtures import FakeTime, SinkFactory
@@ -539,6 +546,106 @@ class TestRateLimit:
         pool.rate_limiter.set_rate(float("inf"))
         assert all(isinstance(result, Delivered) for result in await asyncio.gather(*waiting))
         assert fake_time.now == 1000.0
+
+
+class Gate:
+    """A :class:`~mailman.services.mailer.SendGate` for the tests: withdrawn on demand, and a
+    confirmation that answers ``refuse`` (None: go on) and counts its calls."""
+
+    def __init__(self, refuse: str | None = None) -> None:
+        self.withdrawn = asyncio.Event()
+        self.refuse = refuse
+        self.confirmed = 0
+
+    async def confirm(self) -> str | None:
+        self.confirmed += 1
+        return self.refuse
+
+
+class TestSendGate:
+    async def test_a_send_waiting_for_a_slot_is_withdrawn_at_once(
+        self, smtp_sink: SmtpSink, make_pool: PoolFactory
+    ) -> None:
+        """With the only connection busy, a send queued for the slot ends ``Withdrawn`` as soon as
+        its gate is withdrawn, sends nothing, and leaves the slot accounting intact: the busy send
+        and a later one are delivered."""
+        pool = make_pool(size=1)
+        hold = smtp_sink.hold("END")
+        busy = asyncio.create_task(send(pool, "first@example.org"))
+        await hold.reached.wait()
+        gate = Gate()
+        queued = asyncio.create_task(send(pool, "second@example.org", gate=gate))
+        await let_started_tasks_run()
+        assert pool.stats().waiting == 1
+
+        gate.withdrawn.set()
+        result = await queued
+
+        assert isinstance(result, Withdrawn)
+        assert pool.stats().waiting == 0
+        hold.release()
+        assert isinstance(await busy, Delivered)
+        assert isinstance(await send(pool, "third@example.org"), Delivered)
+        assert [message.rcpt_tos[0] for message in smtp_sink.messages] == [
+            "first@example.org",
+            "third@example.org",
+        ]
+        assert gate.confirmed == 0
+
+    async def test_a_send_waiting_for_a_rate_token_is_withdrawn_at_once(
+        self, smtp_sink: SmtpSink, make_pool: PoolFactory, fake_time: FakeTime
+    ) -> None:
+        """At one message a minute, a send waiting for its token ends ``Withdrawn`` when its gate is
+        withdrawn, without waiting for the token; its slot is free again."""
+        pool = make_pool(size=1, rate_limiter=TokenBucket(1 / 60, 1, clock=fake_time, sleep=fake_time.sleep))
+        await send(pool)
+        gate = Gate()
+        waiting = asyncio.create_task(send(pool, "late@example.org", gate=gate))
+        await fake_time.wait_for_sleepers()
+
+        gate.withdrawn.set()
+
+        assert isinstance(await waiting, Withdrawn)
+        assert pool.stats().busy == 0
+        assert len(smtp_sink.messages) == 1
+
+    async def test_a_send_whose_confirmation_refuses_sends_nothing(
+        self, smtp_sink: SmtpSink, make_pool: PoolFactory
+    ) -> None:
+        """The gate is asked right before the transaction; a reason not to send ends the send
+        ``Withdrawn`` with that reason, and the connection is kept for the next message."""
+        pool = make_pool(size=1)
+        await send(pool)
+        gate = Gate(refuse="subscription unsubscribed")
+
+        result = await send(pool, "gone@example.org", gate=gate)
+
+        assert result == Withdrawn("subscription unsubscribed")
+        assert gate.confirmed == 1
+        assert len(smtp_sink.messages) == 1
+        assert isinstance(await send(pool), Delivered)
+        assert smtp_sink.connections == 1
+
+    async def test_a_gate_withdrawn_before_the_send_sends_nothing(
+        self, smtp_sink: SmtpSink, make_pool: PoolFactory
+    ) -> None:
+        """A send whose gate is already withdrawn connects to nobody."""
+        pool = make_pool()
+        gate = Gate()
+        gate.withdrawn.set()
+
+        assert isinstance(await send(pool, gate=gate), Withdrawn)
+        assert smtp_sink.connections == 0
+
+    async def test_a_send_with_its_turn_goes_through_the_gate(
+        self, smtp_sink: SmtpSink, make_pool: PoolFactory
+    ) -> None:
+        """A gate that is never withdrawn changes nothing: confirmed once, delivered."""
+        pool = make_pool()
+        gate = Gate()
+
+        assert isinstance(await send(pool, gate=gate), Delivered)
+        assert gate.confirmed == 1
 
 
 class TestFairness:

@@ -63,6 +63,19 @@ class TestTryAcquire:
         limiter.try_acquire()
         assert limiter.time_until_available() == pytest.approx(0.25)
 
+    async def test_never_overtakes_a_waiting_acquire(self, fake_time: FakeTime) -> None:
+        """While an ``acquire`` waits for the next token, ``try_acquire`` takes none, even once the
+        token is there: the waiter came first."""
+        limiter = bucket(fake_time, rate=1, burst=1)
+        assert limiter.try_acquire()
+        waiter = asyncio.create_task(limiter.acquire())
+        await fake_time.wait_for_sleepers()
+        fake_time.advance(1)
+
+        assert not limiter.try_acquire()
+        await waiter
+        assert limiter.tokens == pytest.approx(0)
+
     def test_infinite_rate_never_limits(self, fake_time: FakeTime) -> None:
         """``math.inf`` means no limit."""
         limiter = bucket(fake_time, rate=math.inf)

@@ -9,7 +9,14 @@ import pytest
 
 from mailman.services.models import ClaimedDelivery, DeliveryState
 from mailman.services.retry_policy import RetryPolicy
-from mailman.services.smtp_outcome import Delivered, Permanent, SmtpPhase, Transient, TransportFault
+from mailman.services.smtp_outcome import (
+    Delivered,
+    Permanent,
+    SmtpPhase,
+    Transient,
+    TransportFault,
+    Withdrawn,
+)
 
 MESSAGE_ID = "<letter-1.sub-7@example.com>"
 
@@ -19,6 +26,17 @@ def claim(attempts: int = 1) -> ClaimedDelivery:
 
 
 class TestDecide:
+    def test_a_withdrawn_send_releases_the_recipient(self) -> None:
+        """Nothing reached the relay: pending again at once, the attempt given back, no email."""
+        verdict = RetryPolicy().decide(
+            claim(3), Withdrawn("withdrawn while waiting"), MESSAGE_ID, random.Random(1), hold_uncertain=True
+        )
+        assert verdict.outcome.state is DeliveryState.PENDING
+        assert verdict.outcome.refund_attempt
+        assert verdict.outcome.retry_after == timedelta(0)
+        assert verdict.sent_email is None
+        assert verdict.outcome.last_error == "released unsent: withdrawn while waiting"
+
     def test_delivered_records_the_email_with_the_relays_reply(self) -> None:
         """A 250 after the final dot: delivered, and a NewsletterEmail with the Message-ID and reply."""
         verdict = RetryPolicy().decide(
