@@ -37,10 +37,12 @@ from mailman.services.letter_delivery_service import LetterDeliveryService, Serv
 from mailman.services.queries import letters
 from mailman.services.repo import Repo
 from mailman.supervisor import (
+    AlreadyStartedError,
     AutoShutdown,
     CallExitError,
     CallTimeoutError,
     DynamicSupervisor,
+    Name,
     NoProcessError,
     Pid,
     Registry,
@@ -95,7 +97,7 @@ class LetterDeliveryDispatcher(DynamicSupervisor):
         node holds the letter's lease: that node is sending it, and nothing was started here.
         """
         via = Registry.via(context.letters, letter_id)
-        running = whereis(via)
+        running = whereis(via) or await _restarting_service(context, letter_id)
         if running is not None:
             if await _joins(running):
                 return running
@@ -106,11 +108,17 @@ class LetterDeliveryDispatcher(DynamicSupervisor):
         pool = await Repo.pool(context.repo)
         await letters.acquire_lease(pool, letter_id, node=settings.node_name, ttl=settings.lease_duration)
         args = ServiceArgs(letter_id=letter_id, context=context, recipients=recipients)
-        spec = LetterSupervisor.child_spec(args, id=("letter", letter_id), restart=Restart.TEMPORARY)
+        spec = LetterSupervisor.child_spec(
+            args,
+            id=("letter", letter_id),
+            name=_supervisor_name(context, letter_id),
+            restart=Restart.TEMPORARY,
+        )
         try:
             await DynamicSupervisor.start_child(context.dispatcher, spec)
-        except StartError:
-            running = whereis(via)  # lost a race with another start: join it
+        except (StartError, AlreadyStartedError):
+            # Lost a race with another start (its LetterSupervisor, or its service, has the name).
+            running = whereis(via) or await _restarting_service(context, letter_id)
             if running is None:
                 raise
             return running
@@ -130,3 +138,25 @@ async def _joins(service: Pid) -> bool:
         return False
     except CallTimeoutError:
         return True  # busy for a minute (a long load): it is sending, not stopping
+
+
+def _supervisor_name(context: DeliveryContext, letter_id: int) -> Name:
+    """The letter's LetterSupervisor in the letters Registry: one per letter on a node, like its service."""
+    return Registry.via(context.letters, ("supervisor", letter_id))
+
+
+async def _restarting_service(context: DeliveryContext, letter_id: int) -> Pid | None:
+    """The service of a LetterSupervisor that is restarting it, once restarted; None if there is none.
+
+    Between a crash of the service and its restart the service's name is free, but its supervisor
+    runs: a send then must wait for the restart instead of starting a second LetterSupervisor. The
+    supervisor answers ``which_children`` only once it has handled the exit, restart included.
+    """
+    supervisor = whereis(_supervisor_name(context, letter_id))
+    if supervisor is None:
+        return None
+    try:
+        children = await Supervisor.which_children(supervisor)
+    except (NoProcessError, CallExitError):
+        return None  # it shut down meanwhile (the letter was settled, or failed)
+    return next((child.pid for child in children if isinstance(child.pid, Pid)), None)
