@@ -489,7 +489,10 @@ class SmtpPool:
             if connection is None:
                 return Withdrawn("withdrawn while a connection was being opened")
             if gate is not None and attempt == 1:
-                reason = await gate.confirm()
+                # Withdrawn as the turn came (an idle connection needs no wait): still nothing sent.
+                reason = (
+                    "withdrawn before its transaction" if gate.withdrawn.is_set() else await gate.confirm()
+                )
                 if reason is not None:
                     await self._checkin(connection, reusable=True)
                     return Withdrawn(reason)
