@@ -15,7 +15,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench && $(BIN)/mypy --strict src
+	$(BIN)/ruff check src tests bench && $(BIN)/mypy --strict src && $(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python bench/supervisor.py && $(BIN)/python bench/delivery.py && $(BIN)/python bench/subscribers_import.py && $(BIN)/python bench/graceful_stop.py

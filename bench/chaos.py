@@ -80,11 +80,11 @@ from delivery import (  # bench/delivery.py, beside this script
 )
 
 from mailman.client import Client, DaemonNotRunningError
-from mailman.services.database import create_pool
-from mailman.services.delivery_context import DeliverySettings
-from mailman.services.message import message_id
-from mailman.services.models import NewSubscriber, SubscriptionStatus, UncertainPolicy
-from mailman.services.queries import letters, newsletters, subscriptions
+from mailman.services.delivery.context import DeliverySettings
+from mailman.services.smtp.message import message_id
+from mailman.services.store.database import create_pool
+from mailman.services.store.models import NewSubscriber, SubscriptionStatus, UncertainPolicy
+from mailman.services.store.queries import letters, newsletters, subscriptions
 
 SENDER = "news@chaos.example.com"
 MESSAGE_DOMAIN = "chaos.example.com"

@@ -8,7 +8,7 @@ minimal aiosmtpd server on 127.0.0.1 that counts what it accepts and throws it a
   messages as the engine run beside it (as many: 10,000 or 100,000, built beforehand) as fast as
   the sink takes them, with no database and no supervision, each connection replaced every 50
   messages as the engine's pool does by default (the same SMTP conversation), messages per second;
-- the engine: the :class:`~mailman.services.application.Application` tree (Repo, Registry, Mailer
+- the engine: the :class:`~mailman.services.delivery.application.Application` tree (Repo, Registry, Mailer
   with the pool ``mailman serve`` opens: one connection per task in flight, 50 at the default
   concurrency, see ``pool_size_for``; TaskSupervisor, dispatcher), at its default ``DeliverySettings``,
   sending one letter to 10,000 and then 100,000 subscribers (2,000 and 10,000 with ``--quick``),
@@ -65,8 +65,8 @@ def pool_size() -> int:
     The bare limit gets as many connections: the sink, not the client, is the bare pool's limit
     (measured: 16 and 48 bare connections reach the same rate), so neither side gains by the count.
     """
-    from mailman.services.delivery_context import DeliverySettings  # noqa: PLC0415
-    from mailman.services.mailer_server import pool_size_for  # noqa: PLC0415
+    from mailman.services.delivery.context import DeliverySettings  # noqa: PLC0415
+    from mailman.services.smtp.mailer import pool_size_for  # noqa: PLC0415
 
     return pool_size_for(DeliverySettings().concurrency)
 
@@ -231,7 +231,7 @@ def start_postgres(pgdata: str) -> Any:
 async def create_database(admin_uri: str, uri: str) -> None:
     import asyncpg  # noqa: PLC0415
 
-    from mailman.services.migrations import migrate  # noqa: PLC0415
+    from mailman.services.store.migrations import migrate  # noqa: PLC0415
 
     admin = await asyncpg.connect(admin_uri)
     try:
@@ -250,7 +250,7 @@ async def create_database(admin_uri: str, uri: str) -> None:
 
 
 def _subscribers(n: int) -> Iterator[Any]:
-    from mailman.services.models import NewSubscriber  # noqa: PLC0415
+    from mailman.services.store.models import NewSubscriber  # noqa: PLC0415
 
     for i in range(n):
         yield NewSubscriber(email=subscriber_email(i), name=f"Reader {i}")
@@ -258,8 +258,8 @@ def _subscribers(n: int) -> Iterator[Any]:
 
 async def prepare_letter(uri: str, audience: int, run: int) -> int:
     """A newsletter with ``audience`` subscribers and a draft letter to them; the letter's id."""
-    from mailman.services.database import create_pool  # noqa: PLC0415
-    from mailman.services.queries import letters, newsletters, subscriptions  # noqa: PLC0415
+    from mailman.services.store.database import create_pool  # noqa: PLC0415
+    from mailman.services.store.queries import letters, newsletters, subscriptions  # noqa: PLC0415
 
     pool = await create_pool(uri, min_size=1, max_size=2)
     try:
@@ -294,7 +294,7 @@ def bench_template() -> Any:
     As the engine's: the subject prepare_letter gives run 1, and 32-hex unsubscribe tokens (the
     database's default), so that the sink parses messages of the same size and line count.
     """
-    from mailman.services.message import LetterTemplate  # noqa: PLC0415
+    from mailman.services.smtp.message import LetterTemplate  # noqa: PLC0415
 
     return LetterTemplate.render(
         subject="The news, run 1",
@@ -365,7 +365,7 @@ def message_costs(count: int = 2_000) -> tuple[float, float]:
 
 
 RECYCLE_AFTER = 50
-"""The engine's default ``max_messages_per_connection`` (mailman.services.mailer)."""
+"""The engine's default ``max_messages_per_connection`` (mailman.services.smtp.pool)."""
 
 
 async def bare_rate(port: int, messages: list[tuple[str, bytes]]) -> tuple[float, float]:
@@ -406,14 +406,14 @@ async def bare_rate(port: int, messages: list[tuple[str, bytes]]) -> tuple[float
 
 async def engine_run(uri: str, port: int, letter_id: int, sink_pid: int, postmaster: int) -> dict[str, Any]:
     from mailman.log_setup import LogFormat, configure_logging  # noqa: PLC0415
-    from mailman.services import letter_commands  # noqa: PLC0415
-    from mailman.services.application import Application, ApplicationConfig  # noqa: PLC0415
-    from mailman.services.delivery_context import DeliveryContext, DeliverySettings  # noqa: PLC0415
-    from mailman.services.letter_delivery_dispatcher import LetterDeliveryDispatcher  # noqa: PLC0415
-    from mailman.services.mailer_server import MailerConfig  # noqa: PLC0415
-    from mailman.services.models import LetterStatus  # noqa: PLC0415
-    from mailman.services.queries import letters  # noqa: PLC0415
-    from mailman.services.repo import Repo  # noqa: PLC0415
+    from mailman.services.delivery import letter_commands  # noqa: PLC0415
+    from mailman.services.delivery.application import Application, ApplicationConfig  # noqa: PLC0415
+    from mailman.services.delivery.context import DeliveryContext, DeliverySettings  # noqa: PLC0415
+    from mailman.services.delivery.letter_delivery_dispatcher import LetterDeliveryDispatcher  # noqa: PLC0415
+    from mailman.services.smtp.mailer import MailerConfig  # noqa: PLC0415
+    from mailman.services.store.models import LetterStatus  # noqa: PLC0415
+    from mailman.services.store.queries import letters  # noqa: PLC0415
+    from mailman.services.store.repo import Repo  # noqa: PLC0415
     from mailman.supervisor import Supervisor, await_exit  # noqa: PLC0415
 
     configure_logging(LogFormat.JSON, "warning")

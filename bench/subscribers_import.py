@@ -69,7 +69,7 @@ def write_list(path: Path, rows: int) -> ListFile:
 async def create_newsletter(uri: str, round_number: int) -> int:
     import asyncpg  # noqa: PLC0415
 
-    from mailman.services.queries.newsletters import create_user_with_newsletter  # noqa: PLC0415
+    from mailman.services.store.queries.newsletters import create_user_with_newsletter  # noqa: PLC0415
 
     connection = await asyncpg.connect(uri)
     try:

@@ -8,8 +8,8 @@ import pytest
 
 from mailman.config import ConfigError, Settings, load_settings
 from mailman.log_setup import LogFormat, LogLevel
-from mailman.services.mailer import Security, SmtpUrl
-from mailman.services.models import UncertainPolicy
+from mailman.services.smtp.url import Security, SmtpUrl
+from mailman.services.store.models import UncertainPolicy
 
 
 def write_config(tmp_path: Path, text: str) -> Path:

@@ -20,8 +20,8 @@ Every problem is reported at once, as a :class:`ConfigError` naming where each b
 the process environment: :func:`load_settings` is the one place that reads the environment and the file.
 
 Field types are the ones their users take: ``smtp_url`` is parsed into the Mailer's
-:class:`~mailman.services.mailer.SmtpUrl` (host, port, security, credentials; default ports 25, 587
-and 465), ``uncertain_policy`` is :class:`~mailman.services.models.UncertainPolicy`, ``log_format`` and
+:class:`~mailman.services.smtp.pool.SmtpUrl` (host, port, security, credentials; default ports 25, 587
+and 465), ``uncertain_policy`` is :class:`~mailman.services.store.models.UncertainPolicy`, ``log_format`` and
 ``log_level`` are :class:`~mailman.log_setup.LogFormat` and :class:`~mailman.log_setup.LogLevel`.
 No error message shows a password.
 
@@ -54,8 +54,8 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from mailman.log_setup import LogFormat, LogLevel
-from mailman.services.mailer import SmtpUrl, SmtpUrlError, parse_smtp_url
-from mailman.services.models import UncertainPolicy
+from mailman.services.smtp.url import SmtpUrl, SmtpUrlError, parse_smtp_url
+from mailman.services.store.models import UncertainPolicy
 
 __all__ = ["CONFIG_FILE_VARIABLE", "ENV_PREFIX", "ConfigError", "Settings", "load_settings"]
 

@@ -15,7 +15,7 @@ from mailman.cli.demo import count_messages
 from mailman.client import Client
 from mailman.config import Settings
 from mailman.daemon.serve import Daemon, RunningDaemon
-from mailman.services.migrations import DEFAULT_DIRECTORY
+from mailman.services.store.migrations import DEFAULT_DIRECTORY
 from tests.cli.conftest import RunCli
 
 

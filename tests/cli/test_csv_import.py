@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mailman.cli.csv_import import CsvFileError, DuplicateRow, RejectedRow, SubscriberCsv
-from mailman.services.models import NewSubscriber
+from mailman.services.store.models import NewSubscriber
 
 
 def write(tmp_path: Path, content: str | bytes, name: str = "list.csv") -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from mailman.services.queries.newsletters import create_user_with_newsletter
+from mailman.services.store.queries.newsletters import create_user_with_newsletter
 from tests.cli.conftest import RunCli
 
 Connection = asyncpg.Connection

@@ -32,8 +32,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from mailman.services.database import create_pool
-from mailman.services.migrations import migrate
+from mailman.services.store.database import create_pool
+from mailman.services.store.migrations import migrate
 
 _T = TypeVar("_T")
 

@@ -4,7 +4,7 @@
 dispatcher) on the test's database and the ``smtp_sink``, and gives the test an :class:`Engine`
 with helpers to create a newsletter, subscribers and a letter, and to wait for a letter's end.
 
-``engine_factory`` does the same with :class:`~mailman.services.delivery_context.DeliverySettings`
+``engine_factory`` does the same with :class:`~mailman.services.delivery.context.DeliverySettings`
 overrides (``await engine_factory(flush_interval=60.0)``); an :class:`Engine` can also be stopped
 and started again (:meth:`Engine.stop`, :meth:`Engine.start`): a new tree on the same database, as
 a daemon restart would give. Every tree still running is stopped after the test.
@@ -35,15 +35,15 @@ from typing import Any, Protocol
 import asyncpg
 import pytest
 
-from mailman.services import letter_commands
-from mailman.services.application import Application, ApplicationConfig
-from mailman.services.delivery_context import DeliveryContext, DeliverySettings
-from mailman.services.letter_delivery_dispatcher import LetterDeliveryDispatcher
-from mailman.services.mailer_server import MailerConfig
-from mailman.services.models import Letter, LetterStatus, NewSubscriber, UncertainPolicy
-from mailman.services.queries import letters, newsletters, subscriptions
-from mailman.services.retry_policy import RetryPolicy
-from mailman.services.scheduler import Scheduler, SchedulerArgs
+from mailman.services.delivery import letter_commands
+from mailman.services.delivery.application import Application, ApplicationConfig
+from mailman.services.delivery.context import DeliveryContext, DeliverySettings
+from mailman.services.delivery.letter_delivery_dispatcher import LetterDeliveryDispatcher
+from mailman.services.delivery.retry_policy import RetryPolicy
+from mailman.services.delivery.scheduler import Scheduler, SchedulerArgs
+from mailman.services.smtp.mailer import MailerConfig
+from mailman.services.store.models import Letter, LetterStatus, NewSubscriber, UncertainPolicy
+from mailman.services.store.queries import letters, newsletters, subscriptions
 from mailman.supervisor import (
     KILL,
     ChildNotFoundError,

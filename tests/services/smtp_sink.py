@@ -152,7 +152,7 @@ class SmtpSink:
         await self.stop()
 
     def url(self, scheme: str = "smtp", user: str | None = None, password: str | None = None) -> str:
-        """The URL of this sink, for :func:`mailman.services.mailer.parse_smtp_url`."""
+        """The URL of this sink, for :func:`mailman.services.smtp.pool.parse_smtp_url`."""
         credentials = "" if user is None else f"{user}:{password}@" if password is not None else f"{user}@"
         return f"{scheme}://{credentials}{self.host}:{self.port}"
 

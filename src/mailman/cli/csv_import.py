@@ -11,7 +11,7 @@ Each data row is checked with the rules the RPC ``subscribers.add`` applies
 (:class:`mailman.rpc.params.SubscriberParams`: the same email shape, a one-line name of at most 200
 characters), so an address the daemon would refuse is never imported behind its back. Outcomes:
 
-- a good row is yielded as a :class:`~mailman.services.models.NewSubscriber`;
+- a good row is yielded as a :class:`~mailman.services.store.models.NewSubscriber`;
 - a bad row (missing or invalid email, bad name, more columns than the header, bytes that are not
   UTF-8) is recorded in :attr:`SubscriberCsv.rejected` with its line number and skipped;
 - a repeat of an address seen earlier in the file (in any letter case) is recorded in
@@ -45,7 +45,7 @@ from typing import Any, Final, Self
 from pydantic import ValidationError
 
 from mailman.rpc.params import SubscriberParams
-from mailman.services.models import NewSubscriber
+from mailman.services.store.models import NewSubscriber
 
 __all__ = ["COLUMNS", "CsvFileError", "DuplicateRow", "RejectedRow", "SubscriberCsv"]
 

@@ -20,7 +20,7 @@ from mailman.cli.invocation import Invocation
 from mailman.cli.output import CliError, ExitCode
 from mailman.config import Settings
 from mailman.embedded.postgres import EmbeddedPostgres
-from mailman.services.migrations import load_migrations, migrate
+from mailman.services.store.migrations import load_migrations, migrate
 
 __all__ = ["Database", "connect_database", "run_migrate"]
 

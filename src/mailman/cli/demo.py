@@ -35,8 +35,8 @@ from mailman.config import Settings
 from mailman.daemon.serve import Daemon
 from mailman.embedded.postgres import DATABASE, EmbeddedPostgres
 from mailman.log_setup import LogLevel, configure_logging
-from mailman.services.models import NewSubscriber
-from mailman.services.queries.subscriptions import add_subscribers
+from mailman.services.store.models import NewSubscriber
+from mailman.services.store.queries.subscriptions import add_subscribers
 
 __all__ = ["DEFAULT_DATA_DIR", "DEFAULT_RATE", "MARKER", "count_messages", "prepare_data_dir", "run_demo"]
 

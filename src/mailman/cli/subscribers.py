@@ -3,7 +3,7 @@
 ``add`` goes through the daemon (RPC ``subscribers.add``). ``import`` connects to the database
 directly, with the daemon's settings, and streams the file's good rows into **one transaction**
 (``COPY`` into a staging table, then one ``INSERT``: see
-:func:`mailman.services.queries.subscriptions.add_subscribers`). Why not through the daemon: a request
+:func:`mailman.services.store.queries.subscriptions.add_subscribers`). Why not through the daemon: a request
 line is at most 1 MiB (some 15,000 addresses), so a big list would take many ``subscribers.add`` calls,
 each its own transaction, and a failure half-way would leave half a list imported. Connecting directly
 keeps the import all-or-nothing, needs no new protocol (no import sessions held open in the daemon
@@ -23,7 +23,7 @@ from mailman.cli.csv_import import CsvFileError, SubscriberCsv
 from mailman.cli.database import connect_database
 from mailman.cli.invocation import Invocation
 from mailman.cli.output import CliError, ExitCode
-from mailman.services.queries.subscriptions import add_subscribers
+from mailman.services.store.queries.subscriptions import add_subscribers
 
 __all__ = ["ImportReport", "import_subscribers", "run_add", "run_import"]
 

@@ -29,8 +29,9 @@ from mailman.rpc import (
     SystemHealthParams,
     SystemTreeParams,
 )
-from mailman.services import letter_commands
-from mailman.services.delivery_context import DeliveryContext
+from mailman.services.delivery import letter_commands
+from mailman.services.delivery.context import DeliveryContext
+from mailman.services.delivery.scheduler import Scheduler
 from mailman.services.errors import (
     ConflictError,
     DatabaseUnavailableError,
@@ -38,12 +39,11 @@ from mailman.services.errors import (
     LetterLeasedError,
     NotFoundError,
 )
-from mailman.services.mailer_server import Mailer, pool_size_for
-from mailman.services.message import TemplateError
-from mailman.services.models import NewSubscriber, UncertainPolicy
-from mailman.services.queries import letters, newsletters, subscriptions
-from mailman.services.repo import Repo
-from mailman.services.scheduler import Scheduler
+from mailman.services.smtp.mailer import Mailer, pool_size_for
+from mailman.services.smtp.message import TemplateError
+from mailman.services.store.models import NewSubscriber, UncertainPolicy
+from mailman.services.store.queries import letters, newsletters, subscriptions
+from mailman.services.store.repo import Repo
 from mailman.supervisor import Pid, whereis
 
 __all__ = ["MailmanHandlers", "map_error"]

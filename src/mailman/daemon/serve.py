@@ -8,7 +8,7 @@ In order:
    sink writing every message into the Maildir ``<data dir>/maildir``. Startup says which;
 3. migrations: applied (or, with ``--no-migrate``, the daemon refuses to run on an unmigrated
    database and says how to migrate);
-4. the supervision tree (:class:`~mailman.services.application.Application` plus the Scheduler,
+4. the supervision tree (:class:`~mailman.services.delivery.application.Application` plus the Scheduler,
    which resumes letters left sending and sends scheduled ones, and the RpcServer);
 5. on SIGTERM / SIGINT: the tree stops in reverse start order, each child within its shutdown
    time; every letter's service flushes its deliveries map; then the embedded services stop.
@@ -38,14 +38,14 @@ from mailman.embedded.postgres import EmbeddedPostgres
 from mailman.embedded.smtp_sink import MaildirSink
 from mailman.log_setup import configure_logging
 from mailman.rpc import RpcServer
-from mailman.services.application import Application, ApplicationConfig
-from mailman.services.delivery_context import DeliveryContext, DeliverySettings, default_node_name
+from mailman.services.delivery.application import Application, ApplicationConfig
+from mailman.services.delivery.context import DeliveryContext, DeliverySettings, default_node_name
+from mailman.services.delivery.retry_policy import RetryPolicy
+from mailman.services.delivery.scheduler import Scheduler, SchedulerArgs
 from mailman.services.errors import MailmanError
-from mailman.services.mailer import SmtpUrl
-from mailman.services.mailer_server import MailerConfig, pool_size_for
-from mailman.services.migrations import migrate, pending_migrations
-from mailman.services.retry_policy import RetryPolicy
-from mailman.services.scheduler import Scheduler, SchedulerArgs
+from mailman.services.smtp.mailer import MailerConfig, pool_size_for
+from mailman.services.smtp.url import SmtpUrl
+from mailman.services.store.migrations import migrate, pending_migrations
 from mailman.supervisor import Pid, Supervisor, await_exit, is_alive
 
 __all__ = ["Daemon", "DaemonAlreadyRunningError", "NotMigratedError", "RunningDaemon", "serve"]

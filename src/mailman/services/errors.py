@@ -1,7 +1,7 @@
 """The delivery engine's exceptions: one root, :class:`MailmanError`, and a typed class per outcome.
 
 Foreign errors are translated where they enter: the Postgres adapter turns ``asyncpg`` exceptions into
-these (see :func:`mailman.services.database.translate_errors`), so that no caller ever needs to import
+these (see :func:`mailman.services.store.database.translate_errors`), so that no caller ever needs to import
 ``asyncpg`` to handle a failure. Each class keeps its data in attributes; the message is for people.
 Where the meaning matches a builtin, the class inherits it too (``NotFoundError`` is a ``LookupError``,
 ``DatabaseUnavailableError`` a ``ConnectionError``), so generic handlers keep working.
