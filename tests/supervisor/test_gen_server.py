@@ -79,11 +79,25 @@ async def wait_forever() -> None:
 # ------------------------------------------------------------------ servers under test
 
 
+@dataclass(frozen=True, slots=True)
+class Peek(otp.Call[Any]):
+    """A typed request: the top of the stack, left on it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Depth(otp.Call[int]):
+    """A typed request: how many items the stack holds."""
+
+
 class Stack(GenServer[list[Any]]):
     """Elixir's test stack: push with a cast, pop with a call; no handle_info of its own."""
 
     async def handle_call(self, request: Any, from_: From, state: list[Any]) -> Reply[list[Any]]:
         match request:
+            case Peek():
+                return Reply(state[0], state)
+            case Depth():
+                return Reply(len(state), state)
             case "pop":
                 return Reply(state[0], state[1:])
             case "ping":
@@ -456,6 +470,16 @@ class TestCall:
         pid = await Stack.start(["a", "b"])
         assert await GenServer.call(pid, "pop") == "a"
         assert GenServer.get_state(pid) == ["b"]
+
+    async def test_a_typed_request_gets_its_reply(self) -> None:
+        """A request of a ``Call[R]`` class is sent and answered like any other; its reply (typed ``R``
+        for mypy) comes back as the server gave it."""
+        pid = await Stack.start(["a", "b"])
+        depth: int = await GenServer.call(pid, Depth())
+        assert depth == 2
+        assert await GenServer.call(pid, Peek()) == "a"
+        request = GenServer.send_request(pid, Depth())
+        assert await GenServer.receive_response(request) == 2
 
     async def test_calls_see_the_casts_sent_before_them(self) -> None:
         """Messages from one caller are handled in order: a call sees the casts that preceded it."""

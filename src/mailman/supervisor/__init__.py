@@ -81,6 +81,7 @@ from mailman.supervisor._exit_reason import (
 from mailman.supervisor._gen_server import (
     IGNORE,
     NO_REPLY,
+    Call,
     From,
     GenServer,
     Ignore,
@@ -156,6 +157,7 @@ __all__ = [
     "AlreadyStartedError",
     "AutoShutdown",
     "BrutalKill",
+    "Call",
     "CallExitError",
     "CallTimeoutError",
     "CallingSelfError",

@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailman.supervisor._call import Call
 from mailman.supervisor._process import Pid
 
 __all__ = [
@@ -185,15 +186,15 @@ class SupervisorInfo:
 
 # Requests every kind of supervisor answers, so that which_children / count_children / describe
 # work on any of them, as supervisor:which_children/1 does in OTP.
-class WhichChildrenRequest:
+class WhichChildrenRequest(Call[list[ChildInfo]]):
     __slots__ = ()
 
 
-class CountChildrenRequest:
+class CountChildrenRequest(Call[ChildCounts]):
     __slots__ = ()
 
 
-class DescribeRequest:
+class DescribeRequest(Call["SupervisorInfo"]):
     __slots__ = ()
 
 

@@ -8,7 +8,7 @@ None (ignored) or a :class:`ChildStartFailure` carrying the reason.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from mailman.supervisor._child_spec import ChildSpec
 from mailman.supervisor._exceptions import (
@@ -19,6 +19,8 @@ from mailman.supervisor._exceptions import (
 )
 from mailman.supervisor._exit_reason import Abnormal, Crash, ExitReason
 from mailman.supervisor._process import Pid
+
+T = TypeVar("T")
 
 __all__ = ["ChildStartFailure", "start_spec"]
 
@@ -66,7 +68,7 @@ class FailedReply:
         self.error = error
 
 
-def unwrap_reply(result: Any) -> Any:
+def unwrap_reply(result: T | FailedReply) -> T:
     """``result``, or raise the error a :class:`FailedReply` carries."""
     if isinstance(result, FailedReply):
         raise result.error

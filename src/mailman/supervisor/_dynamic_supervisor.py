@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailman.supervisor import _events
+from mailman.supervisor._call import Call
 from mailman.supervisor._child_shutdown import is_clean_shutdown, shutdown_child, shutdown_children
 from mailman.supervisor._child_spec import (
     RESTARTING,
@@ -109,12 +110,12 @@ class _DynamicChild:
 
 
 @dataclass(slots=True)
-class _StartChild:
+class _StartChild(Call["Pid | None | FailedReply"]):
     spec: ChildSpec
 
 
 @dataclass(slots=True)
-class _TerminateChild:
+class _TerminateChild(Call["None | FailedReply"]):
     pid: Pid
 
 
@@ -159,7 +160,7 @@ class DynamicSupervisor:
         Raises :class:`MaxChildrenError` when full, :class:`StartError` when the start fails.
         """
         _check_dynamic_spec(spec)
-        return unwrap_reply(await GenServer.call(supervisor, _StartChild(spec), INFINITY))  # type: ignore[no-any-return]
+        return unwrap_reply(await GenServer.call(supervisor, _StartChild(spec), INFINITY))
 
     @staticmethod
     async def terminate_child(supervisor: ServerRef, pid: Pid) -> None:
@@ -169,17 +170,17 @@ class DynamicSupervisor:
     @staticmethod
     async def which_children(supervisor: ServerRef) -> list[ChildInfo]:
         """Every child (id None), its pid or ``RESTARTING``."""
-        return await GenServer.call(supervisor, WhichChildrenRequest(), INFINITY)  # type: ignore[no-any-return]
+        return await GenServer.call(supervisor, WhichChildrenRequest(), INFINITY)
 
     @staticmethod
     async def count_children(supervisor: ServerRef) -> ChildCounts:
         """``specs`` counts restarting children, ``active`` does not."""
-        return await GenServer.call(supervisor, CountChildrenRequest(), INFINITY)  # type: ignore[no-any-return]
+        return await GenServer.call(supervisor, CountChildrenRequest(), INFINITY)
 
     @staticmethod
     async def describe(supervisor: ServerRef) -> SupervisorInfo:
         """Strategy (always one_for_one), intensity, restarts in the window, and children."""
-        return await GenServer.call(supervisor, DescribeRequest(), INFINITY)  # type: ignore[no-any-return]
+        return await GenServer.call(supervisor, DescribeRequest(), INFINITY)
 
     @staticmethod
     async def stop(supervisor: ServerRef, reason: ExitReason = NORMAL, timeout: float = INFINITY) -> None:
@@ -198,7 +199,7 @@ def _check_dynamic_spec(spec: ChildSpec) -> None:
         )
 
 
-def request_start_child(supervisor: ServerRef, spec: ChildSpec) -> RequestId:
+def request_start_child(supervisor: ServerRef, spec: ChildSpec) -> RequestId[Pid | FailedReply | None]:
     """Ask for a child to be started without waiting (for the library's streams).
 
     :meth:`DynamicSupervisor.start_child` in two halves, as ``gen_server:send_request/2``: several
@@ -209,9 +210,9 @@ def request_start_child(supervisor: ServerRef, spec: ChildSpec) -> RequestId:
     return GenServer.send_request(supervisor, _StartChild(spec))
 
 
-async def started_child(request: RequestId) -> Pid | None:
+async def started_child(request: RequestId[Pid | FailedReply | None]) -> Pid | None:
     """The reply to :func:`request_start_child`: the pid, None if ignored; raises as ``start_child``."""
-    return unwrap_reply(await GenServer.receive_response(request, INFINITY))  # type: ignore[no-any-return]
+    return unwrap_reply(await GenServer.receive_response(request, INFINITY))
 
 
 class _State:

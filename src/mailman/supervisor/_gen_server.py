@@ -67,9 +67,10 @@ import asyncio
 import functools
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, overload
 
 from mailman.supervisor import _events
+from mailman.supervisor._call import Call, R_co
 from mailman.supervisor._child_spec import ChildSpec, ChildType, Restart
 from mailman.supervisor._clock import INFINITY
 from mailman.supervisor._deadlines import expire_after
@@ -103,6 +104,7 @@ from mailman.supervisor._process import (
 __all__ = [
     "IGNORE",
     "NO_REPLY",
+    "Call",
     "From",
     "GenServer",
     "Ignore",
@@ -114,6 +116,7 @@ __all__ = [
 ]
 
 S = TypeVar("S")
+R = TypeVar("R")
 
 DEFAULT_CALL_TIMEOUT = 5.0
 
@@ -217,7 +220,7 @@ def _time_out(future: asyncio.Future[Any]) -> None:
         future.set_exception(_CallTimedOut())
 
 
-class RequestId:
+class RequestId(Generic[R_co]):
     """A call sent with :meth:`GenServer.send_request` whose reply is still to be received.
 
     Erlang's ``gen_server:request_id()``. Pass it to :meth:`GenServer.receive_response` once.
@@ -356,7 +359,15 @@ class GenServer(Generic[S]):
         )
 
     @staticmethod
-    async def call(server: ServerRef, request: Any, timeout: float = DEFAULT_CALL_TIMEOUT) -> Any:
+    @overload
+    async def call(server: ServerRef, request: Call[R], timeout: float = DEFAULT_CALL_TIMEOUT) -> R: ...
+
+    @staticmethod
+    @overload
+    async def call(server: ServerRef, request: object, timeout: float = DEFAULT_CALL_TIMEOUT) -> Any: ...
+
+    @staticmethod
+    async def call(server: ServerRef, request: object, timeout: float = DEFAULT_CALL_TIMEOUT) -> Any:
         """Send ``request`` and wait up to ``timeout`` seconds for the reply.
 
         Raises :class:`NoProcessError` (no such server), :class:`CallTimeoutError`,
@@ -366,7 +377,15 @@ class GenServer(Generic[S]):
         return await _await_reply(server, request, process, future, timeout)
 
     @staticmethod
-    def send_request(server: ServerRef, request: Any) -> RequestId:
+    @overload
+    def send_request(server: ServerRef, request: Call[R]) -> RequestId[R]: ...
+
+    @staticmethod
+    @overload
+    def send_request(server: ServerRef, request: object) -> RequestId[Any]: ...
+
+    @staticmethod
+    def send_request(server: ServerRef, request: object) -> RequestId[Any]:
         """Send ``request`` as a call, without waiting: ``gen_server:send_request/2``.
 
         The reply is collected with :meth:`receive_response`. Sending several requests before
@@ -383,19 +402,20 @@ class GenServer(Generic[S]):
         return RequestId(server, request, process, future)
 
     @staticmethod
-    async def receive_response(request_id: RequestId, timeout: float = DEFAULT_CALL_TIMEOUT) -> Any:
+    async def receive_response(request_id: RequestId[R], timeout: float = DEFAULT_CALL_TIMEOUT) -> R:
         """The reply to a :meth:`send_request`: ``gen_server:receive_response/2``.
 
         Raises as :meth:`call` does: :class:`CallExitError` if the server died before replying,
         :class:`CallTimeoutError` after ``timeout`` seconds, after which the request is abandoned
         (a late reply is dropped), as OTP's ``receive_response`` abandons it.
         """
-        return await _await_reply(
+        reply: R = await _await_reply(
             request_id._server, request_id._request, request_id._process, request_id._future, timeout
         )
+        return reply
 
     @staticmethod
-    def abandon_request(request_id: RequestId) -> None:
+    def abandon_request(request_id: RequestId[Any]) -> None:
         """Forget a request whose reply is no longer wanted; a late reply is dropped.
 
         What a ``receive_response`` that times out at once does in OTP; here without waiting.

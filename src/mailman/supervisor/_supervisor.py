@@ -72,6 +72,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from mailman.supervisor import _events
+from mailman.supervisor._call import Call
 from mailman.supervisor._child_shutdown import is_clean_shutdown, shutdown_child
 from mailman.supervisor._child_spec import (
     RESTARTING,
@@ -177,27 +178,27 @@ class _Child:
 
 # Requests to the supervisor process (its private protocol).
 @dataclass(frozen=True, slots=True)
-class _StartChild:
+class _StartChild(Call["Pid | None | FailedReply"]):
     spec: ChildSpec
 
 
 @dataclass(frozen=True, slots=True)
-class _TerminateChild:
+class _TerminateChild(Call["None | FailedReply"]):
     child: Hashable
 
 
 @dataclass(frozen=True, slots=True)
-class _RestartChild:
+class _RestartChild(Call["Pid | None | FailedReply"]):
     id: Hashable
 
 
 @dataclass(frozen=True, slots=True)
-class _DeleteChild:
+class _DeleteChild(Call["None | FailedReply"]):
     id: Hashable
 
 
 @dataclass(frozen=True, slots=True)
-class _GetChildSpec:
+class _GetChildSpec(Call["ChildSpec | FailedReply"]):
     id: Hashable
 
 
@@ -256,7 +257,7 @@ class Supervisor:
         """
         if not isinstance(spec, ChildSpec):
             raise TypeError(f"expected a ChildSpec, got {spec!r}")
-        return unwrap_reply(await GenServer.call(supervisor, _StartChild(spec), INFINITY))  # type: ignore[no-any-return]
+        return unwrap_reply(await GenServer.call(supervisor, _StartChild(spec), INFINITY))
 
     @staticmethod
     async def terminate_child(supervisor: ServerRef, child_id: Hashable) -> None:
@@ -266,7 +267,7 @@ class Supervisor:
     @staticmethod
     async def restart_child(supervisor: ServerRef, child_id: Hashable) -> Pid | None:
         """Start a stopped child again from its spec."""
-        return unwrap_reply(await GenServer.call(supervisor, _RestartChild(child_id), INFINITY))  # type: ignore[no-any-return]
+        return unwrap_reply(await GenServer.call(supervisor, _RestartChild(child_id), INFINITY))
 
     @staticmethod
     async def delete_child(supervisor: ServerRef, child_id: Hashable) -> None:
@@ -276,22 +277,22 @@ class Supervisor:
     @staticmethod
     async def which_children(supervisor: ServerRef) -> list[ChildInfo]:
         """Every child, most recently started first (OTP's termination order)."""
-        return await GenServer.call(supervisor, WhichChildrenRequest(), INFINITY)  # type: ignore[no-any-return]
+        return await GenServer.call(supervisor, WhichChildrenRequest(), INFINITY)
 
     @staticmethod
     async def count_children(supervisor: ServerRef) -> ChildCounts:
         """How many specs, how many running, how many supervisors and workers."""
-        return await GenServer.call(supervisor, CountChildrenRequest(), INFINITY)  # type: ignore[no-any-return]
+        return await GenServer.call(supervisor, CountChildrenRequest(), INFINITY)
 
     @staticmethod
     async def describe(supervisor: ServerRef) -> SupervisorInfo:
         """Strategy, intensity, restarts in the current window and children, of any supervisor."""
-        return await GenServer.call(supervisor, DescribeRequest(), INFINITY)  # type: ignore[no-any-return]
+        return await GenServer.call(supervisor, DescribeRequest(), INFINITY)
 
     @staticmethod
     async def get_childspec(supervisor: ServerRef, child_id: Hashable) -> ChildSpec:
         """The spec of a child, by id."""
-        return unwrap_reply(await GenServer.call(supervisor, _GetChildSpec(child_id), INFINITY))  # type: ignore[no-any-return]
+        return unwrap_reply(await GenServer.call(supervisor, _GetChildSpec(child_id), INFINITY))
 
     @staticmethod
     async def stop(supervisor: ServerRef, reason: ExitReason = NORMAL, timeout: float = INFINITY) -> None:

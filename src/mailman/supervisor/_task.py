@@ -309,7 +309,9 @@ class Task(Generic[T]):
 
     async def _receive(self, me: Process, timeout: float) -> TaskReply[T] | DownMessage | None:
         try:
-            return await me.mailbox.receive(self._is_mine, _seconds(timeout))  # type: ignore[no-any-return]
+            # _is_mine admits only this task's reply or DOWN message.
+            message: TaskReply[T] | DownMessage = await me.mailbox.receive(self._is_mine, _seconds(timeout))
+            return message
         except TimeoutError:
             return None
 

@@ -64,6 +64,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from mailman.supervisor._child_spec import BrutalKill, ChildSpec, Restart
+from mailman.supervisor._child_start import FailedReply
 from mailman.supervisor._dynamic_supervisor import request_start_child, started_child
 from mailman.supervisor._exceptions import StartIgnored, StreamTimeoutError
 from mailman.supervisor._exit_reason import KILL, TIMEOUT, ExitReason
@@ -285,7 +286,7 @@ class _StreamCore:
         starts the whole batch in one turn instead of one call's round trip per item. Results are
         handed out before a batch is started, so a batch holds every slot freed since the last.
         """
-        requests: list[RequestId] = []
+        requests: list[RequestId[Pid | FailedReply | None]] = []
         try:
             for _ in range(room):
                 try:
@@ -313,7 +314,7 @@ class _StreamCore:
         finally:
             await self._collect_starts(requests)
 
-    async def _collect_starts(self, requests: list[RequestId]) -> None:
+    async def _collect_starts(self, requests: list[RequestId[Pid | FailedReply | None]]) -> None:
         """Receive every start reply of a batch; raise the first failure once all are in."""
         failure: BaseException | None = None
         for position, request in enumerate(requests):

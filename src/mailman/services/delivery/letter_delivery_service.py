@@ -125,6 +125,7 @@ from mailman.services.store.repo import Repo
 from mailman.supervisor import (
     KILL,
     NORMAL,
+    Call,
     ExitMessage,
     ExitReason,
     From,
@@ -169,19 +170,19 @@ class _Flush:
     __slots__ = ()
 
 
-class _Pause:
+class _Pause(Call[LetterStatus | None]):
     __slots__ = ()
 
 
-class _Cancel:
+class _Cancel(Call[LetterStatus | None]):
     __slots__ = ()
 
 
-class _Progress:
+class _Progress(Call[dict[str, int]]):
     __slots__ = ()
 
 
-class _Join:
+class _Join(Call[bool]):
     __slots__ = ()
 
 
@@ -236,14 +237,12 @@ class LetterDeliveryService(GenServer[_State]):
         The letter's status then, or None if the service lost the letter to another node meanwhile
         (it changed nothing: the letter is that node's).
         """
-        status: LetterStatus | None = await GenServer.call(server, _Pause(), timeout=60.0)
-        return status
+        return await GenServer.call(server, _Pause(), timeout=60.0)
 
     @staticmethod
     async def cancel(server: Pid) -> LetterStatus | None:
         """As :meth:`pause`, but the letter ends ``cancelled``."""
-        status: LetterStatus | None = await GenServer.call(server, _Cancel(), timeout=60.0)
-        return status
+        return await GenServer.call(server, _Cancel(), timeout=60.0)
 
     @staticmethod
     async def join(server: Pid) -> bool:
@@ -251,14 +250,12 @@ class LetterDeliveryService(GenServer[_State]):
         when it is stopping (paused, cancelled, or being stopped) and a new service must take over
         once it has ended. A service that already settled the letter stops without answering:
         :class:`~mailman.supervisor.CallExitError` (or NoProcessError), which means the same."""
-        going_on: bool = await GenServer.call(server, _Join(), timeout=60.0)
-        return going_on
+        return await GenServer.call(server, _Join(), timeout=60.0)
 
     @staticmethod
     async def progress(server: Pid) -> dict[str, int]:
         """Outcomes buffered in memory and not yet written, and messages sent by this incarnation."""
-        result: dict[str, int] = await GenServer.call(server, _Progress())
-        return result
+        return await GenServer.call(server, _Progress())
 
     # ---------------------------------------------------------------- callbacks
 

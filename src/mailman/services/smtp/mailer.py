@@ -34,7 +34,7 @@ from mailman.services.smtp.circuit_breaker import CircuitBreaker
 from mailman.services.smtp.pool import DEFAULT_MAX_MESSAGES_PER_CONNECTION, DEFAULT_POOL_SIZE, SmtpPool
 from mailman.services.smtp.rate_limit import Sleep, TokenBucket
 from mailman.services.smtp.url import SmtpUrl, parse_smtp_url
-from mailman.supervisor import Clock, ExitReason, From, GenServer, Init, Reply, ServerRef, trap_exit
+from mailman.supervisor import Call, Clock, ExitReason, From, GenServer, Init, Reply, ServerRef, trap_exit
 
 __all__ = ["MAX_POOL_SIZE", "Mailer", "MailerConfig", "MailerSettings", "pool_size_for"]
 
@@ -103,12 +103,12 @@ class MailerSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class GetPool:
+class GetPool(Call[SmtpPool]):
     """Call: the pool handle."""
 
 
 @dataclass(frozen=True, slots=True)
-class Configure:
+class Configure(Call["MailerSettings | _Refused"]):
     """Call: change settings live (``None`` keeps a setting)."""
 
     rate: float | None = None
@@ -128,8 +128,7 @@ class Mailer(GenServer[SmtpPool]):
     @staticmethod
     async def pool(server: ServerRef, timeout: float = 5.0) -> SmtpPool:
         """The pool to send with. Sends go straight to it, not through the Mailer."""
-        pool: SmtpPool = await GenServer.call(server, GetPool(), timeout)
-        return pool
+        return await GenServer.call(server, GetPool(), timeout)
 
     @staticmethod
     async def configure(
@@ -151,8 +150,7 @@ class Mailer(GenServer[SmtpPool]):
         reply = await GenServer.call(server, request, timeout)
         if isinstance(reply, _Refused):
             raise reply.error  # the caller's mistake is raised in the caller, not in the server
-        settings: MailerSettings = reply
-        return settings
+        return reply
 
     @staticmethod
     async def settings(server: ServerRef, timeout: float = 5.0) -> MailerSettings:

@@ -25,7 +25,7 @@ import structlog
 
 from mailman.services.errors import DatabaseUnavailableError
 from mailman.services.store.database import create_pool
-from mailman.supervisor import NORMAL, ExitReason, From, GenServer, Init, Reply, ServerRef, trap_exit
+from mailman.supervisor import NORMAL, Call, ExitReason, From, GenServer, Init, Reply, ServerRef, trap_exit
 
 __all__ = ["Repo", "RepoConfig"]
 
@@ -48,7 +48,7 @@ class _State:
     pool: asyncpg.Pool[asyncpg.Record]
 
 
-class _GetPool:
+class _GetPool(Call["asyncpg.Pool[asyncpg.Record]"]):
     __slots__ = ()
 
 
@@ -60,8 +60,7 @@ class Repo(GenServer[_State]):
     @staticmethod
     async def pool(server: ServerRef) -> asyncpg.Pool[asyncpg.Record]:
         """The pool to run queries on."""
-        pool: asyncpg.Pool[asyncpg.Record] = await GenServer.call(server, _GetPool())
-        return pool
+        return await GenServer.call(server, _GetPool())
 
     async def init(self, arg: RepoConfig) -> Init[_State]:
         trap_exit(True)  # so that terminate closes the pool when the supervisor stops us
