@@ -1,4 +1,4 @@
-"""The commands against a real daemon started in-process (:class:`~mailman.daemon.serve.Daemon`) on the
+"""The commands against a real daemon started in-process (:class:`~mailman.daemon.lifecycle.Daemon`) on the
 test's database, with its built-in Maildir SMTP sink and a socket in a short temporary directory."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from mailman.cli.demo import count_messages
 from mailman.client import Client
 from mailman.config import Settings
-from mailman.daemon.serve import Daemon, RunningDaemon
+from mailman.daemon.lifecycle import Daemon, RunningDaemon
 from mailman.services.store.migrations import DEFAULT_DIRECTORY
 from tests.cli.conftest import RunCli
 

@@ -1,7 +1,7 @@
 """A real mailman daemon process, driven over its real Unix socket.
 
 - ``launcher``: starts daemon processes (``tests/daemon/launcher.py``, which calls
-  :func:`mailman.daemon.serve.serve` as ``mailman serve`` does) on the test's fresh database
+  :func:`mailman.daemon.lifecycle.serve` as ``mailman serve`` does) on the test's fresh database
   (``database_url``) and SMTP sink (``smtp_sink``, listening on 127.0.0.1 in the test's own loop),
   with the socket in a short temporary directory (a Unix socket path is limited to ~107 bytes) and
   JSON logs. Every process it started is killed at teardown if it is still running.

@@ -7,7 +7,7 @@ Settings come from the ``MAILMAN_*`` environment (:func:`mailman.config.load_set
 daemon refuses to start (the database is not migrated and ``--no-migrate`` was given, another daemon
 runs on the socket, the tree failed to start); those print one line saying why.
 
-It calls :func:`mailman.daemon.serve.serve` as ``mailman serve`` does, without the rest of the
+It calls :func:`mailman.daemon.lifecycle.serve` as ``mailman serve`` does, without the rest of the
 command line, so that these tests depend on the daemon alone.
 """
 
@@ -17,7 +17,7 @@ import asyncio
 import sys
 
 from mailman.config import ConfigError, load_settings
-from mailman.daemon.serve import serve
+from mailman.daemon.lifecycle import serve
 from mailman.services.errors import MailmanError
 from mailman.supervisor import StartError
 

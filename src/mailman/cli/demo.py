@@ -1,6 +1,6 @@
 """``mailman demo``: the whole job on embedded defaults, in one process, in well under a minute.
 
-It starts the daemon in-process (:class:`~mailman.daemon.serve.Daemon`) on a data directory of its
+It starts the daemon in-process (:class:`~mailman.daemon.lifecycle.Daemon`) on a data directory of its
 own (``./.mailman-demo`` unless ``--data-dir``) with an embedded Postgres and the built-in Maildir
 SMTP sink, whatever ``MAILMAN_DATABASE_URL`` and ``MAILMAN_SMTP_URL`` say: a demo never mails
 anyone. Then, as a user would, it creates a newsletter (RPC), subscribes N readers (the fast COPY
@@ -32,7 +32,7 @@ from mailman.cli.progress import follow_letter, render_summary
 from mailman.cli.tree import render_tree
 from mailman.client import Client
 from mailman.config import Settings
-from mailman.daemon.serve import Daemon
+from mailman.daemon.lifecycle import Daemon
 from mailman.embedded.postgres import DATABASE, EmbeddedPostgres
 from mailman.log_setup import LogLevel, configure_logging
 from mailman.services.store.models import NewSubscriber

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mailman.cli.invocation import Invocation
 from mailman.cli.output import CliError, ExitCode
-from mailman.daemon.serve import serve
+from mailman.daemon.lifecycle import serve
 from mailman.supervisor import StartError
 
 __all__ = ["run_serve"]

@@ -18,7 +18,7 @@ what came before it. Letters resume from Postgres whenever their services restar
 
 Example::
 
-    config = ApplicationConfig(database_url=dsn, smtp_url="smtp://127.0.0.1:2525")
+    config = ApplicationConfig(database_url=dsn, mailer=MailerConfig(url="smtp://127.0.0.1:2525"))
     tree = await Application.start_link(config, name="mailman")
     await letter_commands.send_letter(config.context, 42)
 """

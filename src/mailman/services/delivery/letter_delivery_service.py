@@ -106,7 +106,7 @@ import asyncpg
 import structlog
 
 from mailman.services.delivery.context import DeliveryContext, DeliverySettings
-from mailman.services.delivery.letter_driver import LetterDriver, RecipientsDone, drive
+from mailman.services.delivery.letter_driver import DriverArgs, RecipientsDone, drive
 from mailman.services.delivery.outcome_buffer import OutcomeBuffer
 from mailman.services.delivery.recipient_task import RecipientTask
 from mailman.services.errors import ClaimRefusedError, DatabaseError, LeaseLostError, LetterLeasedError
@@ -516,7 +516,7 @@ class LetterDeliveryService(GenServer[_State]):
         )
         state.driver = spawn_link(
             drive,
-            LetterDriver(
+            DriverArgs(
                 service=self_pid(),
                 context=state.args.context,
                 letter_id=state.letter_id,

@@ -30,7 +30,7 @@ and resumes from Postgres if the driver crashes).
 
 Example::
 
-    pid = spawn_link(drive, LetterDriver(service=self_pid(), context=context, letter_id=42, ...))
+    pid = spawn_link(drive, DriverArgs(service=self_pid(), context=context, letter_id=42, ...))
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from mailman.supervisor import (
     send,
 )
 
-__all__ = ["REPORT_BATCH", "REPORT_DELAY", "LetterDriver", "RecipientsDone", "drive"]
+__all__ = ["REPORT_BATCH", "REPORT_DELAY", "DriverArgs", "RecipientsDone", "drive"]
 
 _log = structlog.get_logger("mailman.delivery")
 
@@ -79,7 +79,7 @@ REPORT_DELAY = 0.02
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class LetterDriver:
+class DriverArgs:
     """What a letter's driver process is started with."""
 
     service: Pid
@@ -93,7 +93,7 @@ class LetterDriver:
     """Set while the service's writes of outcomes succeed: claims wait for it."""
 
 
-async def drive(driver: LetterDriver) -> None:
+async def drive(driver: DriverArgs) -> None:
     """The driver process: claim recipients, run their tasks, report every verdict to the service.
 
     Verdicts go to the service in batches (:data:`REPORT_BATCH`), each sent within
@@ -186,7 +186,7 @@ class _Claims:
 
     __slots__ = ("breaker", "database_failures", "driver", "refused", "reporter")
 
-    def __init__(self, driver: LetterDriver, breaker: CircuitBreaker, reporter: _Reporter) -> None:
+    def __init__(self, driver: DriverArgs, breaker: CircuitBreaker, reporter: _Reporter) -> None:
         self.driver = driver
         self.breaker = breaker
         self.reporter = reporter

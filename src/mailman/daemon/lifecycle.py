@@ -1,4 +1,4 @@
-"""``mailman serve``: run the daemon until SIGTERM or SIGINT.
+"""The daemon's lifecycle (what ``mailman serve`` runs): start it, run it until SIGTERM or SIGINT, stop it.
 
 In order:
 
