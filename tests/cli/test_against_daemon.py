@@ -96,8 +96,8 @@ class TestAgainstADaemon:
         lines = drawn.stdout.splitlines()
         assert lines[0].startswith("application  mailman.application  <")
         assert "supervisor rest_for_one" in lines[0]
-        assert any(line.startswith("├── repo  mailman.repo") for line in lines)
-        assert lines[-1].startswith("└── rpc_server  mailman.rpc")
+        assert any(line.startswith("├── repo  Repo  mailman.repo") for line in lines), lines
+        assert lines[-1].startswith("└── rpc_server  RpcServer  mailman.rpc"), lines
         as_json = await cli("tree", "--json")
         assert as_json.json()["tree"]["id"] == "application"
 

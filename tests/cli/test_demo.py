@@ -57,7 +57,9 @@ def test_the_demo_sends_to_everyone_and_can_run_again(demo_dir: Path) -> None:
     assert first.returncode == 0, first.stderr
     assert re.search(r"letter 1 sent: 200 delivered, 0 failed, 0 skipped of 200 in [\d.]+s", first.stdout)
     assert f"The mail is in the Maildir {demo_dir / 'maildir'}: 200 messages" in first.stdout
-    assert "└── rpc_server  mailman.rpc" in first.stdout  # the tree, drawn while sending
+    assert "└── rpc_server  RpcServer  mailman.rpc" in first.stdout  # the tree, drawn while sending
+    assert re.search(r"LetterSupervisor 1  <[\d.]+>  supervisor", first.stdout)
+    assert re.search(r"LetterDeliveryService 1  <[\d.]+>  worker", first.stdout)
     assert count_messages(demo_dir / "maildir") == 200
 
     again = run_demo(demo_dir, 50)

@@ -14,7 +14,7 @@ SAMPLE = {
     "max_restarts": 3,
     "max_seconds": 5,
     "children": [
-        {"id": "repo", "name": "mailman.repo", "pid": "<0.2.0>", "type": "worker"},
+        {"id": "repo", "module": "Repo", "name": "mailman.repo", "pid": "<0.2.0>", "type": "worker"},
         {"id": "mailman.letters", "name": "mailman.letters", "pid": "<0.3.0>", "type": "worker"},
         {
             "id": "letter_delivery_dispatcher",
@@ -27,7 +27,8 @@ SAMPLE = {
             "max_seconds": 5,
             "children": [
                 {
-                    "id": "child <0.10.0>",
+                    "id": "LetterSupervisor 42",
+                    "module": "LetterSupervisor",
                     "name": None,
                     "pid": "<0.10.0>",
                     "type": "supervisor",
@@ -35,7 +36,15 @@ SAMPLE = {
                     "restarts": 2,
                     "max_restarts": 6,
                     "max_seconds": 3600,
-                    "children": [{"id": "service", "name": None, "pid": "<0.11.0>", "type": "worker"}],
+                    "children": [
+                        {
+                            "id": "LetterDeliveryService 42",
+                            "module": "LetterDeliveryService",
+                            "name": None,
+                            "pid": "<0.11.0>",
+                            "type": "worker",
+                        }
+                    ],
                 },
                 {"id": "child <0.12.0>", "name": None, "pid": None, "type": "supervisor"},
             ],
@@ -47,15 +56,16 @@ SAMPLE = {
 
 class TestRenderTree:
     def test_draws_the_whole_tree_with_box_characters(self) -> None:
-        """Each node on its line under its parent: names, pids, strategies, restarts of intensity."""
+        """Each node on its line under its parent: what it runs, names, pids, strategies, restarts of
+        intensity; a letter's processes by what they run and the letter's id."""
         assert render_tree(SAMPLE).splitlines() == [
             "application  mailman.application  <0.1.0>  supervisor rest_for_one · restarts 1/3 in 5s",
-            "├── repo  mailman.repo  <0.2.0>  worker",
+            "├── repo  Repo  mailman.repo  <0.2.0>  worker",
             "├── mailman.letters  <0.3.0>  worker",
             "├── letter_delivery_dispatcher  mailman.dispatcher  <0.6.0>  supervisor one_for_one"
             " · restarts 0/3 in 5s",
-            "│   ├── child <0.10.0>  supervisor one_for_one · restarts 2/6 in 3600s",
-            "│   │   └── service  <0.11.0>  worker",
+            "│   ├── LetterSupervisor 42  <0.10.0>  supervisor one_for_one · restarts 2/6 in 3600s",
+            "│   │   └── LetterDeliveryService 42  <0.11.0>  worker",
             "│   └── child <0.12.0>  (not running)  supervisor",
             "└── rpc_server  mailman.rpc  <0.8.0>  worker",
         ]
@@ -68,6 +78,15 @@ class TestRenderTree:
 
 
 class TestDescribeNode:
+    def test_what_a_child_runs_follows_its_id_unless_the_id_says_it(self) -> None:
+        """The module (the child spec's ``modules``) is shown after the id, once."""
+        assert (
+            describe_node({"id": "repo", "module": "Repo", "pid": "<0.2.0>"}) == "repo  Repo  <0.2.0>  worker"
+        )
+        assert describe_node(
+            {"id": "LetterSupervisor 7", "module": "LetterSupervisor", "pid": "<0.9.0>"}
+        ) == ("LetterSupervisor 7  <0.9.0>  worker")
+
     def test_a_name_equal_to_the_id_is_not_repeated(self) -> None:
         """The Registry's id is its name: shown once."""
         assert describe_node({"id": "mailman.letters", "name": "mailman.letters", "pid": "<0.3.0>"}) == (

@@ -212,8 +212,12 @@ class TestSystem:
             dispatcher = children["letter_delivery_dispatcher"]
             assert dispatcher["strategy"] == "one_for_one"
             (letter,) = dispatcher["children"]
+            assert (letter["id"], letter["module"]) == (f"LetterSupervisor {letter_id}", "LetterSupervisor")
             assert (letter["type"], letter["strategy"]) == ("supervisor", "one_for_one")
-            assert [(c["id"], c["type"]) for c in letter["children"]] == [("service", "worker")]
+            assert [(c["id"], c["type"]) for c in letter["children"]] == [
+                (f"LetterDeliveryService {letter_id}", "worker")
+            ]
+            assert children["repo"]["module"] == "Repo"
             assert PID.fullmatch(letter["children"][0]["pid"])
 
             assert await client.system_configure(rate_limit=50.5, concurrency=7) == {

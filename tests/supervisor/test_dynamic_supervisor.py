@@ -256,7 +256,9 @@ class TestStartChild:
         pid = await DynamicSupervisor.start_child(sup, sleepy_worker())
         assert isinstance(pid, Pid)
         assert otp.is_alive(pid)
-        assert await DynamicSupervisor.which_children(sup) == [ChildInfo(None, pid, ChildType.WORKER)]
+        assert await DynamicSupervisor.which_children(sup) == [
+            ChildInfo(None, pid, ChildType.WORKER, ("start_sleeper",))
+        ]
 
     async def test_ids_may_repeat(self, sups: Sups) -> None:
         """The spec id is ignored: the same spec starts as many children as asked."""
@@ -435,7 +437,9 @@ class TestRestart:
         sup = await sups.start(max_restarts=10**9)
 
         child1 = await DynamicSupervisor.start_child(sup, restart_as("ok"))
-        assert await DynamicSupervisor.which_children(sup) == [ChildInfo(None, child1, ChildType.WORKER)]
+        assert await DynamicSupervisor.which_children(sup) == [
+            ChildInfo(None, child1, ChildType.WORKER, restart_as("ok").modules)
+        ]
         assert child1 is not None
         await end_child(child1, SHUTDOWN)
         assert await counts(sup) == ChildCounts(specs=1, active=1, supervisors=0, workers=1)
@@ -532,7 +536,7 @@ class TestRestart:
         restarted = await events.wait_for(("supervisor", "child", "restarted"))
         assert attempts == [True, False, True]
         assert await DynamicSupervisor.which_children(sup) == [
-            ChildInfo(None, restarted["pid"], ChildType.WORKER)
+            ChildInfo(None, restarted["pid"], ChildType.WORKER, ("start",))
         ]
         assert await counts(sup) == ChildCounts(specs=1, active=1, supervisors=0, workers=1)
 
@@ -776,8 +780,8 @@ class TestWhichChildren:
         nested = await DynamicSupervisor.start_child(sup, DynamicSupervisor.child_spec(None, id="nested"))
         rows = await DynamicSupervisor.which_children(sup)
         assert sorted(rows, key=lambda r: r.type.value) == [
-            ChildInfo(None, nested, ChildType.SUPERVISOR),
-            ChildInfo(None, worker, ChildType.WORKER),
+            ChildInfo(None, nested, ChildType.SUPERVISOR, ("DynamicSupervisor",)),
+            ChildInfo(None, worker, ChildType.WORKER, ("start_sleeper",)),
         ]
         assert await counts(sup) == ChildCounts(specs=2, active=2, supervisors=1, workers=1)
 

@@ -239,7 +239,10 @@ class TestWhichChildren:
         children = sorted(await PartitionSupervisor.which_children(numbered_parts), key=lambda c: c.id)
         assert children == [
             ChildInfo(
-                partition, otp.whereis(PartitionSupervisor.via(numbered_parts, partition)), ChildType.WORKER
+                partition,
+                otp.whereis(PartitionSupervisor.via(numbered_parts, partition)),
+                ChildType.WORKER,
+                ("Value",),
             )
             for partition in range(4)
         ]

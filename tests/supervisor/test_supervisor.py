@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
@@ -255,11 +256,21 @@ class TestStartLink:
         log: Log = []
         sup = await sups.start([worker("a", log), worker("b", log), worker("c", log)])
         a, b, c = inits(log)
+        modules = worker("a", log).modules
         assert await Supervisor.which_children(sup) == [
-            ChildInfo("c", c, ChildType.WORKER),
-            ChildInfo("b", b, ChildType.WORKER),
-            ChildInfo("a", a, ChildType.WORKER),
+            ChildInfo("c", c, ChildType.WORKER, modules),
+            ChildInfo("b", b, ChildType.WORKER, modules),
+            ChildInfo("a", a, ChildType.WORKER, modules),
         ]
+
+    async def test_which_children_names_what_each_child_runs(self, sups: Sups) -> None:
+        """Each row carries its spec's ``modules`` (OTP's ``Modules``): the class whose ``start_link``
+        starts the child, else the start function's name, unless the spec names them itself."""
+        nested = Supervisor.child_spec(SupervisorSpec([], strategy=Strategy.ONE_FOR_ONE), id="nested")
+        named = dataclasses.replace(worker("w", []), modules=("Worker", "Helper"))
+        sup = await sups.start([nested, named])
+        rows = {row.id: row.modules for row in await Supervisor.which_children(sup)}
+        assert rows == {"nested": ("Supervisor",), "w": ("Worker", "Helper")}
 
     async def test_start_with_no_children_and_stop_with_shutdown(self, sups: Sups) -> None:
         """sup_start_normal: an empty supervisor starts, and stops with reason ``shutdown``."""

@@ -24,6 +24,9 @@ def describe_node(node: Mapping[str, Any]) -> str:
     """One node's line (without the tree's branches): id, registered name, pid, kind, and for a
     supervisor its strategy and restarts against its intensity."""
     parts = [str(node.get("id"))]
+    module = node.get("module")
+    if module and str(module) not in parts[0]:
+        parts.append(str(module))
     name = node.get("name")
     if name is not None and str(name) != parts[0]:
         parts.append(str(name))

@@ -128,7 +128,7 @@ class MailmanHandlers:
         root = whereis(self.application)
         if not isinstance(root, Pid):
             raise RpcError(ErrorCode.UNAVAILABLE, "the supervision tree is not running")
-        return {"tree": await describe_tree(root)}
+        return {"tree": await describe_tree(root, registries=(self.context.letters,))}
 
     async def system_health(self, params: SystemHealthParams) -> Result:
         checks: dict[str, str] = {}

@@ -23,8 +23,12 @@ Example::
     ChildSpec(id="repo", start=Repo.start_link, args=(dsn,), shutdown=10.0)
     Counter.child_spec(0)        # what `use GenServer` generates
 
-Deviation: OTP seconds are integer milliseconds; here durations are float seconds. The
-``modules`` field (for hot code upgrade) does not exist.
+``modules`` names the callback module(s) the child runs, as OTP's does; left out, it is the class
+whose ``start_link`` is ``start`` (OTP's ``[M]`` of the start ``{M, F, A}``). ``which_children``
+reports it, which is how a tree viewer can say ``LetterSupervisor`` rather than ``child <0.7.0>``.
+
+Deviation: OTP seconds are integer milliseconds; here durations are float seconds. ``modules`` is
+informative only: there is no hot code upgrade to use it for.
 
 See also: Elixir ``Supervisor`` "Child specification", Erlang ``supervisor:child_spec()``.
 """
@@ -107,10 +111,14 @@ class ChildSpec:
     shutdown: float | BrutalKill = field(default=_DEFAULT_SHUTDOWN)
     type: ChildType = ChildType.WORKER
     significant: bool = False
+    modules: tuple[str, ...] = ()
+    """The callback module(s) the child runs, by name; left empty, derived from ``start``."""
 
     def __post_init__(self) -> None:
         if not callable(self.start):
             raise TypeError(f"expected start to be an async function, got {self.start!r}")
+        if not self.modules:
+            object.__setattr__(self, "modules", (_module_of(self.start),))
         if not isinstance(self.args, tuple):
             raise TypeError(f"expected args to be a tuple, got {type(self.args).__name__}")
         if not isinstance(self.restart, Restart):
@@ -158,6 +166,8 @@ class ChildInfo:
     id: Hashable | None
     pid: Pid | Restarting | None
     type: ChildType
+    modules: tuple[str, ...] = ()
+    """The child spec's ``modules``: what the child runs (``("LetterSupervisor",)``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,3 +225,13 @@ def supervisor_child_spec(
         shutdown=math.inf,
         type=ChildType.SUPERVISOR,
     )
+
+
+def _module_of(start: StartFunction) -> str:
+    """The name of what ``start`` starts: the class of a bound ``start_link`` classmethod, else the
+    start function's own name (OTP's module of the start ``{M, F, A}``)."""
+    inner = getattr(start, "func", start)  # through a functools.partial
+    owner = getattr(inner, "__self__", None)
+    if isinstance(owner, type):
+        return owner.__name__
+    return str(getattr(inner, "__name__", type(inner).__name__))

@@ -366,7 +366,8 @@ class _DynamicSupervisorServer(GenServer[_State]):
 
 def _rows(state: _State) -> list[ChildInfo]:
     return [
-        ChildInfo(None, RESTARTING if c.restarting else pid, c.spec.type) for pid, c in state.children.items()
+        ChildInfo(None, RESTARTING if c.restarting else pid, c.spec.type, c.spec.modules)
+        for pid, c in state.children.items()
     ]
 
 

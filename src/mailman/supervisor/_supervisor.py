@@ -568,7 +568,8 @@ class _SupervisorServer(GenServer[_State]):
 
 def _rows(state: _State) -> list[ChildInfo]:
     return [
-        ChildInfo(c.id, RESTARTING if c.restarting else c.pid, c.spec.type) for c in reversed(state.children)
+        ChildInfo(c.id, RESTARTING if c.restarting else c.pid, c.spec.type, c.spec.modules)
+        for c in reversed(state.children)
     ]
 
 
