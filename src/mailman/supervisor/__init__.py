@@ -135,6 +135,7 @@ from mailman.supervisor._supervisor import (
     Supervisor,
     SupervisorSpec,
 )
+from mailman.supervisor._supervisor_queries import SupervisorQueries
 from mailman.supervisor._task import Exit, Ok, Task, TaskReply
 from mailman.supervisor._task_stream import OnTimeout, TaskStream
 from mailman.supervisor._task_supervisor import TaskSupervisor
@@ -219,6 +220,7 @@ __all__ = [
     "SupervisionError",
     "Supervisor",
     "SupervisorInfo",
+    "SupervisorQueries",
     "SupervisorSpec",
     "Task",
     "TaskExitError",

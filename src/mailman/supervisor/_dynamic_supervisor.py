@@ -58,7 +58,7 @@ from mailman.supervisor._child_spec import (
 from mailman.supervisor._child_start import ChildStartFailure, FailedReply, start_spec, unwrap_reply
 from mailman.supervisor._clock import INFINITY, Clock, MonotonicClock
 from mailman.supervisor._exceptions import ChildNotFoundError, MaxChildrenError
-from mailman.supervisor._exit_reason import NORMAL, SHUTDOWN, ExitReason, is_expected
+from mailman.supervisor._exit_reason import SHUTDOWN, ExitReason, is_expected
 from mailman.supervisor._gen_server import (
     IGNORE,
     From,
@@ -73,6 +73,7 @@ from mailman.supervisor._gen_server import (
 from mailman.supervisor._names import Name, ServerRef
 from mailman.supervisor._process import ExitMessage, Pid, current_process, send, trap_exit
 from mailman.supervisor._restart_intensity import RestartIntensity, validate_intensity
+from mailman.supervisor._supervisor_queries import SupervisorQueries
 
 __all__ = ["DynamicSupervisor", "DynamicSupervisorSpec", "request_start_child", "started_child"]
 
@@ -124,7 +125,7 @@ class _TryAgainRestart:
     pid: Pid
 
 
-class DynamicSupervisor:
+class DynamicSupervisor(SupervisorQueries):
     """Supervises children started on demand, one for one."""
 
     def init(self, arg: Any) -> DynamicSupervisorSpec | Ignore:
@@ -166,26 +167,6 @@ class DynamicSupervisor:
     async def terminate_child(supervisor: ServerRef, pid: Pid) -> None:
         """Stop the child ``pid`` per its shutdown value. :class:`ChildNotFoundError` if not ours."""
         unwrap_reply(await GenServer.call(supervisor, _TerminateChild(pid), INFINITY))
-
-    @staticmethod
-    async def which_children(supervisor: ServerRef) -> list[ChildInfo]:
-        """Every child (id None), its pid or ``RESTARTING``."""
-        return await GenServer.call(supervisor, WhichChildrenRequest(), INFINITY)
-
-    @staticmethod
-    async def count_children(supervisor: ServerRef) -> ChildCounts:
-        """``specs`` counts restarting children, ``active`` does not."""
-        return await GenServer.call(supervisor, CountChildrenRequest(), INFINITY)
-
-    @staticmethod
-    async def describe(supervisor: ServerRef) -> SupervisorInfo:
-        """Strategy (always one_for_one), intensity, restarts in the window, and children."""
-        return await GenServer.call(supervisor, DescribeRequest(), INFINITY)
-
-    @staticmethod
-    async def stop(supervisor: ServerRef, reason: ExitReason = NORMAL, timeout: float = INFINITY) -> None:
-        """Stop the supervisor and, all at once, its children."""
-        await GenServer.stop(supervisor, reason, timeout)
 
 
 def _check_dynamic_spec(spec: ChildSpec) -> None:

@@ -96,11 +96,12 @@ from mailman.supervisor._exceptions import (
     ChildRestartingError,
     ChildRunningError,
 )
-from mailman.supervisor._exit_reason import NORMAL, SHUTDOWN, ExitReason, Shutdown, is_expected
+from mailman.supervisor._exit_reason import SHUTDOWN, ExitReason, Shutdown, is_expected
 from mailman.supervisor._gen_server import IGNORE, From, GenServer, Ignore, Init, NoReply, Reply, Stop
 from mailman.supervisor._names import Name, ServerRef
 from mailman.supervisor._process import ExitMessage, Pid, current_process, send, trap_exit
 from mailman.supervisor._restart_intensity import RestartIntensity, validate_intensity
+from mailman.supervisor._supervisor_queries import SupervisorQueries
 
 __all__ = ["AutoShutdown", "FailedToStartChild", "Strategy", "Supervisor", "SupervisorSpec"]
 
@@ -207,7 +208,7 @@ class _TryAgainRestart:
     id: Hashable
 
 
-class Supervisor:
+class Supervisor(SupervisorQueries):
     """Starts children in order, restarts them by strategy, stops them in reverse order."""
 
     # ---------------------------------------------------------------- callback
@@ -275,29 +276,9 @@ class Supervisor:
         unwrap_reply(await GenServer.call(supervisor, _DeleteChild(child_id), INFINITY))
 
     @staticmethod
-    async def which_children(supervisor: ServerRef) -> list[ChildInfo]:
-        """Every child, most recently started first (OTP's termination order)."""
-        return await GenServer.call(supervisor, WhichChildrenRequest(), INFINITY)
-
-    @staticmethod
-    async def count_children(supervisor: ServerRef) -> ChildCounts:
-        """How many specs, how many running, how many supervisors and workers."""
-        return await GenServer.call(supervisor, CountChildrenRequest(), INFINITY)
-
-    @staticmethod
-    async def describe(supervisor: ServerRef) -> SupervisorInfo:
-        """Strategy, intensity, restarts in the current window and children, of any supervisor."""
-        return await GenServer.call(supervisor, DescribeRequest(), INFINITY)
-
-    @staticmethod
     async def get_childspec(supervisor: ServerRef, child_id: Hashable) -> ChildSpec:
         """The spec of a child, by id."""
         return unwrap_reply(await GenServer.call(supervisor, _GetChildSpec(child_id), INFINITY))
-
-    @staticmethod
-    async def stop(supervisor: ServerRef, reason: ExitReason = NORMAL, timeout: float = INFINITY) -> None:
-        """Stop the supervisor: children are stopped in reverse start order first."""
-        await GenServer.stop(supervisor, reason, timeout)
 
 
 class _State:
