@@ -10,6 +10,9 @@ behaviour under test. Tests that need an owner process (messages, links) run in 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -686,6 +689,26 @@ class TestAsyncStreamNolink:
 
 
 # ------------------------------------------------------------------ async_stream (linked)
+
+
+class TestStreamOptions:
+    def test_the_keywords_are_the_options(self) -> None:
+        """The keyword options the stream functions take are exactly :class:`StreamOptions`' fields,
+        with the same types: one list of options, checked here so that the two cannot drift."""
+        options = typing.get_type_hints(otp.StreamOptions)
+        assert set(options) == {field.name for field in dataclasses.fields(otp.StreamOptions)}
+        assert typing.get_type_hints(otp.StreamKeywords) == options
+
+    def test_defaults_are_elixirs(self) -> None:
+        """Ordered, a 5 s timeout that ends the stream, the CPU count of tasks at once."""
+        options = otp.StreamOptions()
+        assert (options.ordered, options.timeout, options.on_timeout) == (True, 5.0, OnTimeout.EXIT)
+        assert options.concurrency == (os.cpu_count() or 1)
+
+    def test_a_bad_option_is_named(self) -> None:
+        """A wrong value raises at once, naming the option."""
+        with pytest.raises(ValueError, match="max_concurrency"):
+            otp.StreamOptions(max_concurrency=0)
 
 
 class TestAsyncStream:

@@ -137,7 +137,7 @@ from mailman.supervisor._supervisor import (
 )
 from mailman.supervisor._supervisor_queries import SupervisorQueries
 from mailman.supervisor._task import Exit, Ok, Task, TaskReply
-from mailman.supervisor._task_stream import OnTimeout, TaskStream
+from mailman.supervisor._task_stream import OnTimeout, StreamKeywords, StreamOptions, TaskStream
 from mailman.supervisor._task_supervisor import TaskSupervisor
 
 __all__ = [
@@ -216,6 +216,8 @@ __all__ = [
     "StartIgnored",
     "Stop",
     "Strategy",
+    "StreamKeywords",
+    "StreamOptions",
     "StreamTimeoutError",
     "SupervisionError",
     "Supervisor",

@@ -57,11 +57,13 @@ import asyncio
 import contextlib
 import enum
 import math
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar
 
 from mailman.supervisor._child_spec import BrutalKill, ChildSpec, Restart
 from mailman.supervisor._child_start import FailedReply
@@ -80,7 +82,7 @@ from mailman.supervisor._process import (
 )
 from mailman.supervisor._task import Exit, Ok
 
-__all__ = ["OnTimeout", "TaskStream"]
+__all__ = ["OnTimeout", "StreamKeywords", "StreamOptions", "TaskStream"]
 
 T = TypeVar("T")
 
@@ -95,6 +97,73 @@ class OnTimeout(enum.Enum):
     """Raise :class:`StreamTimeoutError` in the consumer and kill every remaining task."""
     KILL_TASK = "kill_task"
     """Kill that task only; its item gives ``Exit(TIMEOUT)``."""
+
+
+DEFAULT_SHUTDOWN = 5.0
+"""Seconds a task is given to stop when its supervisor stops (a worker's default shutdown)."""
+DEFAULT_STREAM_TIMEOUT = 5.0
+"""Seconds each task of a stream may run (Elixir's default ``:timeout``)."""
+
+
+class StreamKeywords(TypedDict, total=False):
+    """The keyword options of ``async_stream`` / ``async_stream_nolink`` (see :class:`StreamOptions`)."""
+
+    max_concurrency: int | None
+    ordered: bool
+    timeout: float
+    on_timeout: OnTimeout
+    zip_input_on_exit: bool
+    shutdown: float | BrutalKill
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamOptions:
+    """How an async stream runs its tasks: Elixir's ``async_stream`` options, as one frozen object.
+
+    - ``max_concurrency``: tasks running at once (None: ``os.cpu_count()``);
+    - ``ordered``: results in input order (True) or as they finish;
+    - ``timeout``: seconds each task may run (``INFINITY`` for none); past it, ``on_timeout``:
+      ``EXIT`` ends the stream with :class:`StreamTimeoutError`, ``KILL_TASK`` gives that item
+      ``Exit(TIMEOUT)`` and goes on;
+    - ``zip_input_on_exit``: ``Exit((input, reason))`` instead of ``Exit(reason)``;
+    - ``shutdown``: the tasks' shutdown when their supervisor stops (seconds or ``BRUTAL_KILL``).
+
+    Checked when made: a wrong value raises ``ValueError`` / ``TypeError`` naming the option.
+    """
+
+    max_concurrency: int | None = None
+    ordered: bool = True
+    timeout: float = DEFAULT_STREAM_TIMEOUT
+    on_timeout: OnTimeout = OnTimeout.EXIT
+    zip_input_on_exit: bool = False
+    shutdown: float | BrutalKill = DEFAULT_SHUTDOWN
+
+    def __post_init__(self) -> None:
+        limit = self.max_concurrency
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"expected max_concurrency to be an int > 0, got {limit!r}")
+        timeout = self.timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+            raise ValueError(f"expected timeout to be seconds >= 0 or INFINITY, got {timeout!r}")
+        if not isinstance(self.on_timeout, OnTimeout):
+            raise TypeError(
+                f"expected on_timeout to be an OnTimeout (EXIT or KILL_TASK), got {self.on_timeout!r}"
+            )
+        if not isinstance(self.ordered, bool) or not isinstance(self.zip_input_on_exit, bool):
+            raise TypeError("expected ordered and zip_input_on_exit to be bools")
+        shutdown = self.shutdown
+        if not isinstance(shutdown, BrutalKill) and (
+            isinstance(shutdown, bool)
+            or not isinstance(shutdown, int | float)
+            or not shutdown >= 0
+            or shutdown == math.inf
+        ):
+            raise ValueError(f"expected shutdown to be seconds >= 0 or BRUTAL_KILL, got {shutdown!r}")
+
+    @property
+    def concurrency(self) -> int:
+        """``max_concurrency``, or the machine's CPU count when it is None."""
+        return self.max_concurrency or os.cpu_count() or 1
 
 
 class _StreamTask:
@@ -190,25 +259,21 @@ class _StreamCore:
         supervisor: ServerRef,
         source: Iterator[Any] | AsyncIterator[Any],
         fn: Callable[[Any], Awaitable[Any]],
+        options: StreamOptions,
         *,
-        max_concurrency: int,
-        ordered: bool,
-        timeout: float,
-        on_timeout: OnTimeout,
-        zip_input: bool,
-        shutdown: float | BrutalKill,
         link: bool,
     ) -> None:
         self.supervisor = supervisor
         self.async_source = isinstance(source, AsyncIterator)
         self.source = source
         self.fn = fn
-        self.max_concurrency = max_concurrency
-        self.ordered = ordered
-        self.timeout = timeout
-        self.on_timeout = on_timeout
-        self.zip_input = zip_input
-        self.shutdown = shutdown
+        # Read on every step of the stream: kept as attributes of their own rather than looked up.
+        self.max_concurrency = options.concurrency
+        self.ordered = options.ordered
+        self.timeout = float(options.timeout)
+        self.on_timeout = options.on_timeout
+        self.zip_input = options.zip_input_on_exit
+        self.shutdown = options.shutdown
         self.link = link
         self.link_owner: Process | None = None
         self.started = False
@@ -227,7 +292,7 @@ class _StreamCore:
         self.timer: asyncio.TimerHandle | None = None  # armed for the earliest running deadline
         self.pending: deque[tuple[_StreamTask, Any]] = deque()  # tasks asked for, not started yet
         self.spec = ChildSpec(
-            id=None, start=_start_stream_task, args=(self,), restart=Restart.TEMPORARY, shutdown=shutdown
+            id=None, start=_start_stream_task, args=(self,), restart=Restart.TEMPORARY, shutdown=self.shutdown
         )
 
     # ------------------------------------------------------------ the consumer's side
@@ -448,13 +513,8 @@ class TaskStream(AsyncIterator[Ok[T] | Exit], Generic[T]):
         supervisor: ServerRef,
         source: Iterable[Any] | AsyncIterable[Any],
         fn: Callable[[Any], Awaitable[T]],
+        options: StreamOptions,
         *,
-        max_concurrency: int,
-        ordered: bool,
-        timeout: float,
-        on_timeout: OnTimeout,
-        zip_input: bool,
-        shutdown: float | BrutalKill,
         link: bool,
     ) -> None:
         iterator: Iterator[Any] | AsyncIterator[Any]
@@ -468,12 +528,7 @@ class TaskStream(AsyncIterator[Ok[T] | Exit], Generic[T]):
             supervisor,
             iterator,
             fn,
-            max_concurrency=max_concurrency,
-            ordered=ordered,
-            timeout=timeout,
-            on_timeout=on_timeout,
-            zip_input=zip_input,
-            shutdown=shutdown,
+            options,
             link=link,
         )
 

@@ -43,10 +43,8 @@ See also: Elixir ``Task.Supervisor``, ``Task``; Erlang has no counterpart (``pro
 from __future__ import annotations
 
 import asyncio
-import math
-import os
 from collections.abc import AsyncIterable, Awaitable, Callable, Hashable, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from mailman.supervisor._child_spec import BrutalKill, ChildSpec, Restart, supervisor_child_spec
 from mailman.supervisor._clock import INFINITY
@@ -55,14 +53,11 @@ from mailman.supervisor._exit_reason import NORMAL, ExitReason
 from mailman.supervisor._names import Name, ServerRef
 from mailman.supervisor._process import Pid, current_process
 from mailman.supervisor._task import Task, _Handoff, start_child_task, start_task, take_task
-from mailman.supervisor._task_stream import OnTimeout, TaskStream
+from mailman.supervisor._task_stream import DEFAULT_SHUTDOWN, StreamKeywords, StreamOptions, TaskStream
 
 __all__ = ["TaskSupervisor"]
 
 T = TypeVar("T")
-
-DEFAULT_SHUTDOWN = 5.0
-DEFAULT_STREAM_TIMEOUT = 5.0
 
 
 class TaskSupervisor:
@@ -145,63 +140,29 @@ class TaskSupervisor:
         supervisor: ServerRef,
         iterable: Iterable[Any] | AsyncIterable[Any],
         fn: Callable[[Any], Awaitable[T]],
-        *,
-        max_concurrency: int | None = None,
-        ordered: bool = True,
-        timeout: float = DEFAULT_STREAM_TIMEOUT,
-        on_timeout: OnTimeout = OnTimeout.EXIT,
-        zip_input_on_exit: bool = False,
-        shutdown: float | BrutalKill = DEFAULT_SHUTDOWN,
+        **options: Unpack[StreamKeywords],
     ) -> TaskStream[T]:
         """``fn(item)`` for each item, each in a task not linked to the caller: one result per item.
 
         Returns a lazy :class:`TaskStream` of ``Ok(value)`` / ``Exit(reason)``; nothing starts until
-        it is iterated. ``max_concurrency`` defaults to ``os.cpu_count()``. See :class:`TaskStream`
-        for ``ordered``, ``timeout``, ``on_timeout``, ``zip_input_on_exit``.
+        it is iterated. The options (``max_concurrency``, ``ordered``, ``timeout``, ``on_timeout``,
+        ``zip_input_on_exit``, ``shutdown``) and their defaults are :class:`StreamOptions`'.
         """
-        return _stream(
-            supervisor,
-            iterable,
-            fn,
-            max_concurrency=max_concurrency,
-            ordered=ordered,
-            timeout=timeout,
-            on_timeout=on_timeout,
-            zip_input_on_exit=zip_input_on_exit,
-            shutdown=shutdown,
-            link=False,
-        )
+        return _stream(supervisor, iterable, fn, StreamOptions(**options), link=False)
 
     @staticmethod
     def async_stream(
         supervisor: ServerRef,
         iterable: Iterable[Any] | AsyncIterable[Any],
         fn: Callable[[Any], Awaitable[T]],
-        *,
-        max_concurrency: int | None = None,
-        ordered: bool = True,
-        timeout: float = DEFAULT_STREAM_TIMEOUT,
-        on_timeout: OnTimeout = OnTimeout.EXIT,
-        zip_input_on_exit: bool = False,
-        shutdown: float | BrutalKill = DEFAULT_SHUTDOWN,
+        **options: Unpack[StreamKeywords],
     ) -> TaskStream[T]:
         """Like :meth:`async_stream_nolink`, each task also linked to the consuming process.
 
         A task crash takes down a consumer that does not trap exits; one that traps exits gets
         ``Exit(reason)`` for that item. From a plain script it is :meth:`async_stream_nolink`.
         """
-        return _stream(
-            supervisor,
-            iterable,
-            fn,
-            max_concurrency=max_concurrency,
-            ordered=ordered,
-            timeout=timeout,
-            on_timeout=on_timeout,
-            zip_input_on_exit=zip_input_on_exit,
-            shutdown=shutdown,
-            link=True,
-        )
+        return _stream(supervisor, iterable, fn, StreamOptions(**options), link=True)
 
     @staticmethod
     async def children(supervisor: ServerRef) -> list[Pid]:
@@ -251,45 +212,12 @@ def _stream(
     supervisor: ServerRef,
     iterable: Iterable[Any] | AsyncIterable[Any],
     fn: Callable[[Any], Awaitable[T]],
+    options: StreamOptions,
     *,
-    max_concurrency: int | None,
-    ordered: bool,
-    timeout: float,
-    on_timeout: OnTimeout,
-    zip_input_on_exit: bool,
-    shutdown: float | BrutalKill,
     link: bool,
 ) -> TaskStream[T]:
     _check_fn(fn)
-    if max_concurrency is None:
-        max_concurrency = os.cpu_count() or 1
-    if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
-        raise ValueError(f"expected max_concurrency to be an int > 0, got {max_concurrency!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
-        raise ValueError(f"expected timeout to be seconds >= 0 or INFINITY, got {timeout!r}")
-    if not isinstance(on_timeout, OnTimeout):
-        raise TypeError(f"expected on_timeout to be an OnTimeout (EXIT or KILL_TASK), got {on_timeout!r}")
-    if not isinstance(ordered, bool) or not isinstance(zip_input_on_exit, bool):
-        raise TypeError("expected ordered and zip_input_on_exit to be bools")
-    if not isinstance(shutdown, BrutalKill) and (
-        isinstance(shutdown, bool)
-        or not isinstance(shutdown, int | float)
-        or not shutdown >= 0
-        or shutdown == math.inf
-    ):
-        raise ValueError(f"expected shutdown to be seconds >= 0 or BRUTAL_KILL, got {shutdown!r}")
-    return TaskStream(
-        supervisor,
-        iterable,
-        fn,
-        max_concurrency=max_concurrency,
-        ordered=ordered,
-        timeout=float(timeout),
-        on_timeout=on_timeout,
-        zip_input=zip_input_on_exit,
-        shutdown=shutdown,
-        link=link,
-    )
+    return TaskStream(supervisor, iterable, fn, options, link=link)
 
 
 def _check_fn(fn: object) -> None:
