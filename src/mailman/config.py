@@ -20,7 +20,7 @@ Every problem is reported at once, as a :class:`ConfigError` naming where each b
 the process environment: :func:`load_settings` is the one place that reads the environment and the file.
 
 Field types are the ones their users take: ``smtp_url`` is parsed into the Mailer's
-:class:`~mailman.services.smtp.pool.SmtpUrl` (host, port, security, credentials; default ports 25, 587
+:class:`~mailman.services.smtp.url.SmtpUrl` (host, port, security, credentials; default ports 25, 587
 and 465), ``uncertain_policy`` is :class:`~mailman.services.store.models.UncertainPolicy`, ``log_format`` and
 ``log_level`` are :class:`~mailman.log_setup.LogFormat` and :class:`~mailman.log_setup.LogLevel`.
 No error message shows a password.
