@@ -21,7 +21,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/supervisor.py && $(BIN)/python bench/delivery.py && $(BIN)/python bench/subscribers_import.py && $(BIN)/python bench/graceful_stop.py
 
 chaos: $(STAMP)
-	$(BIN)/python bench/chaos.py $(ARGS) && MAILMAN_INTERLEAVING_STEPS=$(or $(STEPS),200) MAILMAN_INTERLEAVING_SEEDS=$(or $(SEEDS),$$(shuf -i 1-999999 -n 5 | paste -sd,)) $(BIN)/python -m pytest -p no:randomly -s tests/services/test_interleavings_property.py
+	$(BIN)/python bench/chaos.py $(ARGS) && MAILMAN_INTERLEAVING_STEPS=$(or $(STEPS),200) MAILMAN_INTERLEAVING_SEEDS=$(or $(SEEDS),$$(shuf -i 1-999999 -n 5 | paste -sd,)) $(BIN)/python -m pytest -p no:randomly -s tests/services/delivery/test_interleavings_property.py
 
 demo: $(STAMP)
 	$(BIN)/mailman demo
