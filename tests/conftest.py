@@ -18,7 +18,11 @@ import structlog
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
-pytest_plugins = ["tests.services.smtp_fixtures", "tests.services.engine_fixtures"]
+pytest_plugins = [
+    "tests.services.postgres_fixtures",
+    "tests.services.smtp_fixtures",
+    "tests.services.engine_fixtures",
+]
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Fixtures for the command line: run ``mailman`` in-process, and the database fixtures it needs.
+"""Fixtures for the command line: run ``mailman`` in-process (the database fixtures are the suite's).
 
 ``cli`` runs :func:`mailman.cli.main` on a worker thread (each command calls ``asyncio.run``, which
 cannot run on the test's own loop; the thread leaves that loop free to serve an in-process daemon)
@@ -6,7 +6,8 @@ and returns a :class:`CliResult`: exit code, stdout, stderr. The command reads i
 environment, so tests set ``MAILMAN_*`` with ``monkeypatch`` (and every inherited ``MAILMAN_*``
 variable is removed first, so that the developer's own configuration never leaks in).
 
-``database_url`` / ``empty_database_url`` are the services tests' fixtures: a fresh database per test.
+``database_url`` / ``empty_database_url`` come from ``tests/services/postgres_fixtures.py`` (registered in
+the root conftest): a fresh database per test.
 """
 
 from __future__ import annotations
@@ -24,9 +25,6 @@ from unittest import mock
 import pytest
 
 from mailman.cli import main
-from tests.services.conftest import database_url, empty_database_url, postgres
-
-__all__ = ["CliResult", "RunCli", "cli", "database_url", "empty_database_url", "postgres"]
 
 
 @dataclass(frozen=True, slots=True)

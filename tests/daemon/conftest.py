@@ -32,17 +32,13 @@ import asyncpg
 import pytest
 
 from mailman.client import Client, DaemonNotRunningError
-from tests.services.conftest import database_url, empty_database_url, postgres
 from tests.services.smtp_sink import SmtpSink
 
 __all__ = [
     "DaemonLauncher",
     "DaemonProcess",
-    "database_url",
-    "empty_database_url",
     "mailed",
     "make_newsletter",
-    "postgres",
     "subscription_ids",
     "wait_for",
 ]

@@ -30,9 +30,7 @@ from mailman.rpc import (
     SystemHealthParams,
     SystemTreeParams,
 )
-
-WAIT = 5.0
-"""A safety bound on waits that should end at once: a bug fails the test instead of hanging it."""
+from tests.supervisor.processes import WAIT
 
 
 class FakeHandlers:

@@ -46,7 +46,8 @@ from mailman.rpc import (
     parse_peer_credentials,
     peer_allowed,
 )
-from tests.rpc.conftest import WAIT, FakeHandlers, RawConnection, exists
+from tests.rpc.conftest import FakeHandlers, RawConnection, exists
+from tests.supervisor.processes import WAIT
 
 ClientCall = Callable[[Client], Awaitable[dict[str, Any]]]
 

@@ -3,17 +3,22 @@
 ``events`` records every library event in order, so tests synchronise on "the supervisor has
 restarted the child" instead of sleeping: ``await events.wait_for(("supervisor", "child",
 "restarted"))``.
+
+``cleanup`` is a list a test appends the pids it started to; whichever are still alive at the end of
+the test are killed, last started first.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import pytest
 
 from mailman import supervisor as otp
+from mailman.supervisor import KILL, Pid
+from tests.supervisor.processes import WAIT
 
 ALL_EVENTS = [
     ("supervisor", "child", "started"),
@@ -56,6 +61,17 @@ class EventLog:
                 self._changed.clear()
                 await self._changed.wait()
         return matching()[count - 1]
+
+
+@pytest.fixture
+async def cleanup() -> AsyncIterator[list[Pid]]:
+    """Pids to kill at the end of the test (whatever is still alive), last started first."""
+    pids: list[Pid] = []
+    yield pids
+    for pid in reversed(pids):
+        if otp.is_alive(pid):
+            otp.exit(pid, KILL)
+            await otp.await_exit(pid, WAIT)
 
 
 @pytest.fixture

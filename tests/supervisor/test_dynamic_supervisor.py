@@ -8,7 +8,6 @@ on their first and later calls stand in for Elixir's ``current_module_worker([:r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -52,13 +51,10 @@ from mailman.supervisor import (
     Stop,
 )
 from tests.supervisor.conftest import EventLog
+from tests.supervisor.processes import ExitWith, StartedSupervisors, start_sleeper
+from tests.supervisor.processes import wait_forever as sleeper
 
 # ---------------------------------------------------------------------------- test children
-
-
-@dataclass(frozen=True, slots=True)
-class ExitWith:
-    reason: ExitReason
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -98,14 +94,6 @@ def child(
     return ChildSpec(
         id="child", start=Child.start_link, args=(ChildArgs(**options),), restart=restart, shutdown=shutdown
     )
-
-
-async def sleeper() -> None:
-    await otp.receive(lambda _message: False)
-
-
-async def start_sleeper() -> Pid:
-    return otp.spawn_link(sleeper)
 
 
 def sleepy_worker(**options: Any) -> ChildSpec:
@@ -154,21 +142,14 @@ async def counts(sup: Pid) -> ChildCounts:
     return await DynamicSupervisor.count_children(sup)
 
 
-class Sups:
-    def __init__(self) -> None:
-        self.pids: list[Pid] = []
+class Sups(StartedSupervisors):
+    kind = DynamicSupervisor
 
     async def start(self, **options: Any) -> Pid:
         options.setdefault("clock", ManualClock())
         pid = await DynamicSupervisor.start_link(DynamicSupervisorSpec(**options))
         self.pids.append(pid)
         return pid
-
-    async def close(self) -> None:
-        for pid in reversed(self.pids):
-            if otp.is_alive(pid):
-                with contextlib.suppress(otp.SupervisionError):
-                    await DynamicSupervisor.stop(pid, SHUTDOWN)
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -48,33 +47,7 @@ from mailman.supervisor import (
     Stop,
 )
 from tests.supervisor.conftest import EventLog
-
-T = TypeVar("T")
-
-WAIT = 5.0
-"""A safety bound on waits that should end at once: a bug fails the test instead of hanging it."""
-
-
-async def in_process(body: Callable[[], Awaitable[T]]) -> T:
-    """Run ``body`` in a fresh process and return its result; fail if the process did not end
-    normally (the assertions made inside it, for instance)."""
-    result: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-
-    async def run() -> None:
-        result.set_result(await body())
-
-    pid = otp.spawn(run)
-    reason = await otp.await_exit(pid, timeout=WAIT)
-    if isinstance(reason, Crash):
-        raise reason.exception
-    assert reason == NORMAL, f"the test's process ended with {reason}"
-    assert result.done(), "the test's process ended before its body returned"
-    return result.result()
-
-
-async def wait_forever() -> None:
-    await otp.receive(lambda _message: False)
-
+from tests.supervisor.processes import WAIT, in_process, wait_forever
 
 # ------------------------------------------------------------------ servers under test
 

@@ -8,10 +8,8 @@ otp-semantics.md A13. Restarts are awaited through library events, never with sl
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -36,11 +34,7 @@ from mailman.supervisor import (
     Supervisor,
     SupervisorSpec,
 )
-
-T = TypeVar("T")
-
-WAIT = 5.0
-"""A safety bound on waits that should end at once: a bug fails the test instead of hanging it."""
+from tests.supervisor.processes import WAIT, in_process
 
 
 class Value(GenServer[Any]):
@@ -59,29 +53,6 @@ def numbered(args: tuple[Any, ...], partition: int) -> tuple[Any, ...]:
 
 async def get(server: Any) -> Any:
     return await GenServer.call(server, "get", WAIT)
-
-
-async def in_process(body: Callable[[], Awaitable[T]]) -> T:
-    """Run ``body`` in a fresh process; return its result, and fail unless the process ended normally."""
-    result: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-
-    async def run() -> None:
-        result.set_result(await body())
-
-    reason = await otp.await_exit(otp.spawn(run), WAIT)
-    assert reason == otp.NORMAL
-    return result.result()
-
-
-@pytest.fixture
-async def cleanup() -> AsyncIterator[list[Pid]]:
-    """Pids to stop at the end of the test (whatever is still alive), last started first."""
-    pids: list[Pid] = []
-    yield pids
-    for pid in reversed(pids):
-        if otp.is_alive(pid):
-            otp.exit(pid, KILL)
-            await otp.await_exit(pid, WAIT)
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ what needs a calling process runs in one through :func:`in_process`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -30,11 +30,7 @@ from mailman.supervisor import (
     ProcessExit,
     Shutdown,
 )
-
-T = TypeVar("T")
-
-WAIT = 5.0
-"""A safety bound on waits that should end at once: a bug fails the test instead of hanging it."""
+from tests.supervisor.processes import WAIT, in_process, wait_forever
 
 BOOM = RuntimeError("boom")
 
@@ -46,27 +42,6 @@ DEADLY_REASONS = [
     pytest.param(Abnormal("died"), id="abnormal"),
 ]
 ALL_REASONS = [pytest.param(NORMAL, id="normal"), *DEADLY_REASONS]
-
-
-async def in_process(body: Callable[[], Awaitable[T]]) -> T:
-    """Run ``body`` in a fresh process and return its result; fail if the process did not end
-    normally (the assertions made inside it, for instance)."""
-    result: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-
-    async def run() -> None:
-        result.set_result(await body())
-
-    pid = otp.spawn(run)
-    reason = await otp.await_exit(pid, timeout=WAIT)
-    if isinstance(reason, Crash):
-        raise reason.exception
-    assert reason == NORMAL, f"the test's process ended with {reason}"
-    assert result.done(), "the test's process ended before its body returned"
-    return result.result()
-
-
-async def wait_forever() -> None:
-    await otp.receive(lambda _message: False)
 
 
 async def end_with(reason: ExitReason) -> None:

@@ -11,7 +11,7 @@ mailbox is read with a call queued behind the messages it got.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,10 +44,7 @@ from mailman.supervisor import (
     SupervisorSpec,
     UnregisterMessage,
 )
-
-WAIT = 5.0
-"""A safety bound on waits that should end at once: a bug fails the test instead of hanging it."""
-
+from tests.supervisor.processes import WAIT
 
 # -------------------------------------------------------------------- helpers
 
@@ -123,17 +120,6 @@ class Counter(GenServer[int]):
 class FailingInit(GenServer[None]):
     async def init(self, arg: Any) -> Init[None]:
         raise RuntimeError("init failed")
-
-
-@pytest.fixture
-async def cleanup() -> AsyncIterator[list[Pid]]:
-    """Pids to kill at the end of the test (whatever is still alive)."""
-    pids: list[Pid] = []
-    yield pids
-    for pid in reversed(pids):
-        if otp.is_alive(pid):
-            otp.exit(pid, KILL)
-            await otp.await_exit(pid, WAIT)
 
 
 @pytest.fixture

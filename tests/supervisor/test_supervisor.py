@@ -10,7 +10,6 @@ intensity windows; never on sleeping.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
@@ -62,17 +61,12 @@ from mailman.supervisor import (
     SupervisorSpec,
 )
 from tests.supervisor.conftest import EventLog
+from tests.supervisor.processes import ExitWith, StartedSupervisors, start_sleeper
+from tests.supervisor.processes import wait_forever as sleeper
 
 # ---------------------------------------------------------------------------- test children
 
 Log = list[tuple[str, str, Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class ExitWith:
-    """Cast to a Worker: stop with ``reason`` (as ``supervisor_1`` does on ``die`` / ``stop``)."""
-
-    reason: ExitReason
 
 
 @dataclass(eq=False)
@@ -157,14 +151,6 @@ def block_forever() -> Callable[[], Awaitable[None]]:
     return wait
 
 
-async def sleeper() -> None:
-    await otp.receive(lambda _message: False)
-
-
-async def start_sleeper() -> Pid:
-    return otp.spawn_link(sleeper)
-
-
 # ---------------------------------------------------------------------------- helpers
 
 
@@ -206,11 +192,10 @@ async def end_child(pid: Pid, reason: ExitReason) -> None:
 DIED = Abnormal("died")
 
 
-class Sups:
+class Sups(StartedSupervisors):
     """Starts supervisors for a test (ManualClock by default) and stops whatever is left."""
 
-    def __init__(self) -> None:
-        self.pids: list[Pid] = []
+    kind = Supervisor
 
     async def start(
         self, specs: Sequence[ChildSpec], strategy: Strategy = Strategy.ONE_FOR_ONE, **flags: Any
@@ -219,12 +204,6 @@ class Sups:
         pid = await Supervisor.start_link(SupervisorSpec(specs, strategy=strategy, **flags))
         self.pids.append(pid)
         return pid
-
-    async def close(self) -> None:
-        for pid in reversed(self.pids):
-            if otp.is_alive(pid):
-                with contextlib.suppress(otp.SupervisionError):
-                    await Supervisor.stop(pid, SHUTDOWN)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import os
 import typing
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -52,26 +52,9 @@ from mailman.supervisor import (
     TaskSupervisor,
     TaskTimeoutError,
 )
+from tests.supervisor.processes import WAIT, in_process
 
 T = TypeVar("T")
-
-WAIT = 5.0
-"""A safety bound on waits that should end at once: a bug fails the test instead of hanging it."""
-
-
-async def in_process(body: Callable[[], Awaitable[T]]) -> T:
-    """Run ``body`` in a fresh process and return its result; fail unless the process ended
-    normally (an assertion failing inside it, or a link taking it down, fails the test)."""
-    result: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-
-    async def run() -> None:
-        result.set_result(await body())
-
-    reason = await otp.await_exit(otp.spawn(run), WAIT)
-    if isinstance(reason, Crash):
-        raise reason.exception
-    assert reason == NORMAL, f"the test's process ended with {reason}"
-    return result.result()
 
 
 async def mailbox_left() -> list[object]:

@@ -25,8 +25,7 @@ from mailman.services.store.models import (
     SubscriptionStatus,
 )
 from mailman.supervisor import KILLED, Exit, Ok
-
-WAIT = 5.0
+from tests.supervisor.processes import WAIT
 
 
 def claimed(subscription_id: int, attempts: int = 1) -> ClaimedRecipient:

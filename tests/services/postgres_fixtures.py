@@ -1,4 +1,6 @@
-"""A real Postgres for the services tests: one server per session, a fresh database per test.
+"""A real Postgres for the tests (services, CLI, daemon): one server per session, a fresh database per test.
+
+Registered for the whole suite with ``pytest_plugins`` in the root ``tests/conftest.py``.
 
 - The server: ``MAILMAN_TEST_DATABASE_URL`` if set (a role that may CREATE DATABASE; any database on
   the server as the maintenance one), else an embedded one started once per session with
